@@ -1,0 +1,178 @@
+"""The ``tiktok-events`` command line.
+
+Parses arguments, loads configuration and hands over to the module that owns
+each job. Exit status: 0 on success, 1 on a configuration or fatal error (with
+a one-line reason on stderr, or the full list of configuration problems), 2 on
+bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+import orjson
+
+from processor import __version__
+from processor.config import Config
+from processor.errors import ConfigError
+from processor.mapping.values import describe
+from processor.preview import preview
+from processor.transform import Transformer, load_pipeline
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+def _parse_now(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO-8601 time or epoch seconds: {text!r}"
+        ) from None
+    return moment.timestamp()
+
+
+def _load(path: str, *, now: float | None = None) -> tuple[Config, Transformer, tuple[str, ...]]:
+    clock = (lambda: now) if now is not None else time.time
+    return load_pipeline(path, clock=clock)
+
+
+def _print_summary(config: Config, transformer: Transformer, out: TextIO) -> None:
+    k, t = config.kafka, config.tiktok
+    print(f"{config.source}: OK", file=out)
+    dlq = k.dead_letter_topic or "(none: records that cannot be sent stop the processor)"
+    print(f"kafka: {k.bootstrap_servers}  group {k.group_id} ({k.group_protocol})", file=out)
+    print(f"  dead letters → {dlq}", file=out)
+    print(f"tiktok: {t.endpoint}", file=out)
+    print(f"  pixel {t.pixel_code}, token from {t.access_token.source()}", file=out)
+    if t.test_event_code:
+        print(f"  test event code {t.test_event_code} (TikTok does not keep test events)", file=out)
+    for topic in transformer.topics:
+        plan = transformer.plan(topic)
+        if plan is None:
+            continue
+        schema = plan.mappings[0].source.schema_name or "no input schema"
+        print(f"topic {topic}  ({schema})", file=out)
+        for m in plan.mappings:
+            when = "every record" if m.source.when is None else _describe_rule(m.source.when)
+            hashed = ", ".join(m.hashed_fields) or "nothing"
+            test = f", test code {m.test_event_code}" if m.test_event_code else ""
+            print(f"  {m.name} → {m.event_name}  pixel {m.pixel_code}{test}", file=out)
+            print(f"    when {when}", file=out)
+            print(f"    hashed (SHA-256): {hashed}", file=out)
+
+
+def _describe_rule(rule: object) -> str:
+    if not isinstance(rule, dict):
+        return "?"
+    if "all" in rule:
+        return "(" + " and ".join(_describe_rule(r) for r in rule["all"]) + ")"
+    if "any" in rule:
+        return "(" + " or ".join(_describe_rule(r) for r in rule["any"]) + ")"
+    if "not" in rule:
+        return "not " + _describe_rule(rule["not"])
+    parts = [f"{op} {rule[op]!r}" for op in rule if op != "field"]
+    return f"{describe(rule.get('field'))} " + " and ".join(parts)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config, transformer, warnings = _load(args.config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    _print_summary(config, transformer, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    config, transformer, warnings = _load(args.config, now=args.now)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.topic not in transformer.topics:
+        known = ", ".join(transformer.topics)
+        print(
+            f"error: no mapping reads topic {args.topic!r} (mapped topics: {known})",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    data = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
+    for line in preview(transformer, args.topic, data, config.tiktok.partner_name):
+        if args.json:
+            sys.stdout.write(orjson.dumps(line.as_json()).decode() + "\n")
+            continue
+        if line.outcome == "mapped":
+            assert line.body is not None  # noqa: S101 - "mapped" lines always carry a body
+            events = ", ".join(e["event"] for e in line.body["data"])
+            via = ", ".join(line.mappings)
+            print(f"line {line.line}: {events} via {via} → POST {config.tiktok.endpoint}")
+            print(orjson.dumps(line.body, option=orjson.OPT_INDENT_2).decode())
+        elif line.outcome == "filtered":
+            print(f"line {line.line}: filtered ({line.reason}: {', '.join(line.mappings)})")
+        else:
+            via = f" by {line.mappings[0]}" if line.mappings else ""
+            print(f"line {line.line}: rejected{via} at {line.stage}: {line.reason}")
+    return EXIT_OK
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from processor import sandbox  # noqa: PLC0415 - the dev server is not loaded by other commands
+
+    return sandbox.main(args.sandbox_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tiktok-events",
+        description="Kafka clickstream → TikTok Events API processor.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check-config", help="validate a configuration and summarise it")
+    check.add_argument("config", help="the YAML configuration file")
+    check.set_defaults(func=cmd_check_config)
+
+    prev = sub.add_parser(
+        "preview", help="show the request body each record would become (offline)"
+    )
+    prev.add_argument("--config", required=True, help="the YAML configuration file")
+    prev.add_argument("--topic", required=True, help="the topic the records come from")
+    prev.add_argument(
+        "input", nargs="?", default="-", help="JSON lines or one JSON document; - for stdin"
+    )
+    prev.add_argument("--json", action="store_true", help="one JSON object per outcome")
+    prev.add_argument(
+        "--now",
+        type=_parse_now,
+        default=None,
+        help="the time to judge event age against (ISO-8601 or epoch seconds; default: now)",
+    )
+    prev.set_defaults(func=cmd_preview)
+
+    box = sub.add_parser("sandbox", help="run the TikTok-compatible sandbox server", add_help=False)
+    box.add_argument("sandbox_args", nargs=argparse.REMAINDER)
+    box.set_defaults(func=cmd_sandbox)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename}: file not found", file=sys.stderr)
+        return EXIT_ERROR
+    return code

@@ -1,0 +1,39 @@
+"""The TikTok ``/event/track/`` request body, built from mapped events.
+
+One request carries events of one pixel and one test event code (TikTok keeps
+test traffic apart), so those two values form the batch key everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from processor.mapping import MappedEvent
+
+#: TikTok rejects a request of more than 1,000 events (40061).
+MAX_EVENTS_PER_REQUEST = 1000
+
+
+class BatchKey(NamedTuple):
+    """Events that may share a request."""
+
+    pixel_code: str
+    test_event_code: str | None
+
+
+def batch_key(event: MappedEvent) -> BatchKey:
+    return BatchKey(event.pixel_code, event.test_event_code)
+
+
+def request_body(
+    key: BatchKey, payloads: Iterable[dict[str, Any]], partner_name: str | None = None
+) -> dict[str, Any]:
+    """The JSON body for ``payloads`` (``data[]`` entries) of one batch key."""
+    body: dict[str, Any] = {"event_source": "web", "event_source_id": key.pixel_code}
+    if key.test_event_code is not None:
+        body["test_event_code"] = key.test_event_code
+    if partner_name is not None:
+        body["partner_name"] = partner_name
+    body["data"] = list(payloads)
+    return body

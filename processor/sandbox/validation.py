@@ -1,0 +1,98 @@
+"""How the sandbox judges a decoded track request body, in TikTok's order of checks.
+
+Owns the body checks that come after the token and pixel: batch size (40061), hashed
+PII (40062) and the request schema (40002). Pure functions: no I/O, no clock. The
+checks run in this order so the most specific code wins, as TikTok's does: the batch
+size is read before any event is looked at, and unhashed PII is reported as 40062 even
+though the schema would also reject it as 40002. One bad event rejects the request.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from processor.errors import SchemaViolation
+from processor.sandbox.protocol import MAX_BATCH_EVENTS, Code
+from processor.schemas import MASK, Validator
+
+#: User fields TikTok wants as SHA-256 of the normalised value.
+HASHED_USER_FIELDS = ("email", "phone", "external_id")
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A TikTok error answer: its code and message."""
+
+    code: int
+    message: str
+
+
+def check_batch_size(data: Any) -> Rejection | None:
+    """40061 when ``data`` is a list of 0 or more than 1000 events (other shapes are the
+    schema's business)."""
+    if isinstance(data, list) and not 1 <= len(data) <= MAX_BATCH_EVENTS:
+        return Rejection(
+            Code.INVALID_BATCH_SIZE,
+            f"Invalid batch size: data must hold 1 to {MAX_BATCH_EVENTS} events, got {len(data)}",
+        )
+    return None
+
+
+def find_unhashed(data: Any) -> str | None:
+    """The path of the first email/phone/external_id string that is not 64 lowercase hex.
+
+    Values of the wrong type are left to the schema (40002): only a string that is not a
+    digest means "PII not hashed".
+    """
+    if not isinstance(data, list):
+        return None
+    fullmatch = _SHA256_HEX.fullmatch
+    for index, event in enumerate(data):
+        user = event.get("user") if isinstance(event, dict) else None
+        if not isinstance(user, dict):
+            continue
+        for name in HASHED_USER_FIELDS:
+            value = user.get(name)
+            if isinstance(value, str):
+                if not fullmatch(value):
+                    return f"data[{index}].user.{name}"
+            elif isinstance(value, list):
+                for position, item in enumerate(value):
+                    if isinstance(item, str) and not fullmatch(item):
+                        return f"data[{index}].user.{name}[{position}]"
+    return None
+
+
+def schema_message(violation: SchemaViolation) -> str:
+    """TikTok's wording (``Invalid value for data[3].event_id: …``) for a schema violation.
+
+    The validator already masks the offending value, so no PII reaches the message.
+    """
+    detail = violation.message
+    if detail.startswith(f"{MASK} is "):
+        detail = detail[len(MASK) + 4 :]
+    return f"Invalid value for {violation.path or 'request'}: {detail}"
+
+
+def check_body(body: dict[str, Any], validator: Validator) -> Rejection | None:
+    """Judge a decoded request object; None means every event may be stored."""
+    data = body.get("data")
+    rejection = check_batch_size(data)
+    if rejection:
+        return rejection
+    unhashed = find_unhashed(data)
+    if unhashed:
+        return Rejection(
+            Code.PII_NOT_HASHED,
+            f"PII not hashed: {unhashed} must be the SHA-256 of the normalised value "
+            "(64 lowercase hex characters)",
+        )
+    try:
+        validator(body)
+    except SchemaViolation as violation:
+        return Rejection(Code.PARAM_ERROR, schema_message(violation))
+    return None

@@ -1,0 +1,212 @@
+"""One record's way from bytes to TikTok events: decode → route → validate input →
+filter → map → validate output → age check.
+
+:class:`Transformer` is the part of the pipeline that needs no broker and no
+network, shared by ``run``, ``preview`` and ``replay-dlq`` so all three agree on
+what a record becomes. It never raises on data: every problem becomes an
+:class:`~processor.errors.InvalidRecord` in the result, naming stage and field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+from processor.config import Config, load_config
+from processor.errors import ConfigError, InvalidRecord, SchemaViolation
+from processor.mapping import CompiledMapping, MappedEvent, compile_mappings
+from processor.schemas import Validator, compile_file, tiktok_event_validator
+from processor.types import Stage
+
+
+class RecordResult(NamedTuple):
+    """What one record became. Neither events nor rejections means it was filtered out.
+
+    (A tuple: one is built per record on the hot path.)
+    """
+
+    events: tuple[MappedEvent, ...] = ()
+    rejected: tuple[InvalidRecord, ...] = ()
+
+    @property
+    def filtered(self) -> bool:
+        return not self.events and not self.rejected
+
+
+FILTERED = RecordResult()
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPlan:
+    """Everything a topic's records go through."""
+
+    topic: str
+    validate_input: Validator | None
+    mappings: tuple[CompiledMapping, ...]
+
+
+def derived_event_id(topic: str, partition: int, offset: int) -> str:
+    """The event id of a record whose mapping names no id field: stable across redelivery."""
+    return f"{topic}-{partition}-{offset}"
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+class Transformer:
+    """Turns a topic's record bytes into events, using compiled mappings."""
+
+    def __init__(
+        self,
+        plans: Mapping[str, TopicPlan],
+        *,
+        validate_output: Validator,
+        max_event_age_s: float,
+        max_future_skew_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._plans = dict(plans)
+        self._validate_output = validate_output
+        self._max_age = max_event_age_s
+        self._max_skew = max_future_skew_s
+        self._clock = clock
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(self._plans)
+
+    def plan(self, topic: str) -> TopicPlan | None:
+        return self._plans.get(topic)
+
+    def transform(
+        self, topic: str, partition: int, offset: int, value: bytes | None
+    ) -> RecordResult:
+        """Everything one record becomes. Never raises on bad data."""
+        plan = self._plans.get(topic)
+        if plan is None:
+            return RecordResult(
+                rejected=(InvalidRecord(Stage.DECODE, f"no mapping for topic {topic!r}"),)
+            )
+        if value is None:
+            return RecordResult(
+                rejected=(InvalidRecord(Stage.DECODE, "record has no value (tombstone)"),)
+            )
+        try:
+            record = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            return RecordResult(rejected=(InvalidRecord(Stage.DECODE, f"not JSON: {exc.msg}"),))
+        if record.__class__ is not dict:
+            return RecordResult(rejected=(InvalidRecord(Stage.DECODE, "not a JSON object"),))
+        if plan.validate_input is not None:
+            try:
+                plan.validate_input(record)
+            except SchemaViolation as exc:
+                reason = f"{exc.path or '(record)'}: {exc.message}"
+                return RecordResult(rejected=(InvalidRecord(Stage.INPUT_SCHEMA, reason),))
+        return self._map(plan, record, derived_event_id(topic, partition, offset))
+
+    def _map(self, plan: TopicPlan, record: dict[str, Any], fallback_id: str) -> RecordResult:
+        events: list[MappedEvent] = []
+        rejected: list[InvalidRecord] = []
+        now = self._clock()
+        for mapping in plan.mappings:
+            if not mapping.matches(record):
+                continue
+            try:
+                event = mapping.map(record, fallback_id)
+                self._validate_output(event.payload)
+            except InvalidRecord as exc:
+                rejected.append(exc)
+                continue
+            except SchemaViolation as exc:
+                reason = f"{exc.path or '(event)'}: {exc.message}"
+                rejected.append(InvalidRecord(Stage.OUTPUT_SCHEMA, reason, mapping=mapping.name))
+                continue
+            stale = self._age_problem(event.payload["event_time"], now)
+            if stale is not None:
+                rejected.append(InvalidRecord(Stage.STALE, stale, mapping=mapping.name))
+                continue
+            events.append(event)
+        if not events and not rejected:
+            return FILTERED
+        return RecordResult(tuple(events), tuple(rejected))
+
+    def _age_problem(self, event_time: int, now: float) -> str | None:
+        # TikTok matches nothing older than 28 days; sending it only costs quota.
+        if event_time < now - self._max_age:
+            return (
+                f"event_time {_iso(event_time)} is older than max_event_age "
+                f"{_duration(self._max_age)}"
+            )
+        if event_time > now + self._max_skew:
+            return (
+                f"event_time {_iso(event_time)} is more than max_future_skew "
+                f"{_duration(self._max_skew)} in the future"
+            )
+        return None
+
+
+def build_transformer(
+    config: Config, clock: Callable[[], float]
+) -> tuple[Transformer, tuple[str, ...]]:
+    """Compile the configuration's mappings and input schemas. Returns the
+    transformer and start-up warnings; raises ConfigError on any problem."""
+    mappings, warnings = compile_mappings(config)
+    schema_of: dict[str, Path | None] = {}
+    by_topic: dict[str, list[CompiledMapping]] = {}
+    for mapping in mappings:
+        schema_of.setdefault(mapping.topic, mapping.source.schema)
+        by_topic.setdefault(mapping.topic, []).append(mapping)
+    validators: dict[Path, Validator] = {}
+    plans: dict[str, TopicPlan] = {}
+    for topic, topic_mappings in by_topic.items():
+        schema = schema_of[topic]
+        validator = None
+        if schema is not None:
+            validator = validators.get(schema) or validators.setdefault(
+                schema, compile_file(schema)
+            )
+        plans[topic] = TopicPlan(topic, validator, tuple(topic_mappings))
+    transformer = Transformer(
+        plans,
+        validate_output=tiktok_event_validator(),
+        max_event_age_s=config.delivery.max_event_age_s,
+        max_future_skew_s=config.delivery.max_future_skew_s,
+        clock=clock,
+    )
+    return transformer, warnings
+
+
+def load_pipeline(
+    path: Path | str,
+    *,
+    clock: Callable[[], float],
+    environ: Mapping[str, str] | None = None,
+    require_token: bool = False,
+) -> tuple[Config, Transformer, tuple[str, ...]]:
+    """Load the configuration and compile it, reporting every problem of the file
+    (structure, settings and mappings) in one :class:`ConfigError`."""
+
+    def mapping_problems(config: Config) -> list[str]:
+        try:
+            compile_mappings(config)
+        except ConfigError as exc:
+            return list(exc.problems)
+        return []
+
+    config = load_config(path, environ=environ, require_token=require_token, check=mapping_problems)
+    transformer, warnings = build_transformer(config, clock)
+    return config, transformer, warnings

@@ -1,0 +1,194 @@
+"""The command line, run as users run it: a subprocess of `python -m processor`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import (
+    CLICKSTREAM_EXAMPLES,
+    EXAMPLE_CONFIG,
+    EXAMPLE_TOPICS,
+    EXAMPLES_NOW,
+    ROOT,
+    SCHEMAS,
+)
+
+TIKTOK_SCHEMA = json.loads((SCHEMAS / "tiktok" / "event_track.v1.3.json").read_text())
+
+
+def cli(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "TIKTOK_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "processor", *args],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_summarises_the_example() -> None:
+    done = cli("check-config", str(EXAMPLE_CONFIG))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "config/example.yaml: OK" in out
+    for line in (
+        "important-page-views → ViewContent  pixel D34FV3JC77U1PDQ72P1G",
+        "sign-ups → CompleteRegistration",
+        "button-clicks → ClickButton",
+        "form-leads → Lead",
+        "hashed (SHA-256): user.email, user.phone, user.external_id",
+        "when page.type in ['product', 'comparison', 'announcement', 'release']",
+        "token from environment variable TIKTOK_ACCESS_TOKEN (not set)",
+    ):
+        assert line in out
+    assert "ClickButton is a legacy TikTok event" in done.stderr
+
+
+def test_check_config_with_three_mistakes_names_all_three(tmp_path: Path) -> None:
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["kafka"]["group_idd"] = raw["kafka"].pop("group_id")
+    raw["delivery"]["max_in_flight"] = 0
+    raw["mappings"][0]["when"] = {"field": "page.type", "regex": "[unclosed"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    done = cli("check-config", str(bad))
+    assert done.returncode == 1
+    assert "kafka.group_idd: unknown setting; did you mean group_id?" in done.stderr
+    assert "delivery.max_in_flight: value is less than the minimum of 1" in done.stderr
+    assert "mappings[0].when.regex: invalid regular expression" in done.stderr
+
+
+def test_check_config_never_prints_the_token() -> None:
+    done = cli("check-config", str(EXAMPLE_CONFIG), env={"TIKTOK_ACCESS_TOKEN": "tok-12345-secret"})
+    assert done.returncode == 0
+    assert "(set)" in done.stdout
+    assert "tok-12345-secret" not in done.stdout + done.stderr
+
+
+def preview_json(topic: str, path: Path) -> list[dict[str, Any]]:
+    done = cli(
+        "preview", "--json", "--config", str(EXAMPLE_CONFIG), "--topic", topic,
+        "--now", str(EXAMPLES_NOW), str(path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+ALL_EXAMPLES = sorted(CLICKSTREAM_EXAMPLES.glob("*/*.json"))
+
+
+@pytest.mark.parametrize("example", ALL_EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_preview_of_every_example_is_a_valid_tiktok_body_or_a_filter(example: Path) -> None:
+    (line,) = preview_json(EXAMPLE_TOPICS[example.parent.name], example)
+    if line["outcome"] == "filtered":
+        assert example.stem in {"blog_not_an_event", "newsletter_anonymous"}
+        return
+    assert line["outcome"] == "mapped", line
+    jsonschema.validate(line["body"], TIKTOK_SCHEMA)
+    assert line["body"]["event_source_id"] == "D34FV3JC77U1PDQ72P1G"
+
+
+def test_preview_hashes_equal_the_reference_vectors() -> None:
+    examples = CLICKSTREAM_EXAMPLES
+    signup = preview_json("web.signups", examples / "sign_up.v1" / "email_signup.json")[0]
+    user = signup["body"]["data"][0]["user"]
+    assert user["email"] == "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"
+    assert user["phone"] == "a8acc3a90a7b4e4dc65e93db9240ed26523050ef754d63b75b5161de76781436"
+    assert user["external_id"] == "8dec7f953696ab23765e83f9d8252c223414f6b6e8b4e64842c6a4a6625599d6"
+    lead = preview_json("web.forms", examples / "form_submit.v1" / "contact_sales.json")[0]
+    user = lead["body"]["data"][0]["user"]
+    assert user["email"] == "076bc95cb6fca21c74b3376044f67ff8fe3f13fffcc62bbbdfd945da6a23c13f"
+    assert user["phone"] == "abbf04d6f629b136344993dfb197f1fd9296f712eaf103ebc22b1cc29fb0f135"
+    click = preview_json(
+        "web.clicks", examples / "button_click.v1" / "add_to_wishlist_known_user.json"
+    )[0]
+    user = click["body"]["data"][0]["user"]
+    assert user["email"] == "848a771458438fc2ec420560d769fb9b9b86851ee338ec56517baabd79d3bb4f"
+    assert user["phone"] == "9f7ec22d72092cd3c0b58726ed9c2d91b92e51a3f29837508fb2948bb22dd2fd"
+    assert user["external_id"] == "80fba0ae1c48e3978e43e4efc365e14e12ea0c830ba8ba5b9a2dafc7e3f2ab8b"
+
+
+def test_preview_reads_json_lines_from_stdin_and_explains_each() -> None:
+    good = json.loads(
+        (CLICKSTREAM_EXAMPLES / "page_view.v1" / "product_from_tiktok_ad.json").read_text()
+    )
+    blog = json.loads(
+        (CLICKSTREAM_EXAMPLES / "page_view.v1" / "blog_not_an_event.json").read_text()
+    )
+    bad_email = dict(good, user={"email": "nope"})
+    lines = [
+        json.dumps(good),
+        "",
+        "{broken",
+        json.dumps(blog),
+        json.dumps(bad_email),
+        json.dumps({"type": 1}),
+    ]
+    done = cli(
+        "preview", "--json", "--config", str(EXAMPLE_CONFIG), "--topic", "web.pageviews",
+        "--now", "2026-01-01T00:10:00Z", "-", stdin="\n".join(lines).encode(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(o["line"], o["outcome"]) for o in out] == [
+        (1, "mapped"), (3, "rejected"), (4, "filtered"), (5, "rejected"), (6, "rejected"),
+    ]  # fmt: skip
+    assert out[1]["stage"] == "decode"
+    assert out[3] == {
+        "line": 5,
+        "outcome": "rejected",
+        "mappings": ["important-page-views"],
+        "stage": "mapping",
+        "reason": "user.email (from user.email): not a valid email address",
+    }
+    assert out[4]["stage"] == "input-schema"
+
+
+def test_preview_text_mode_prints_the_body_and_reasons() -> None:
+    blog = CLICKSTREAM_EXAMPLES / "page_view.v1" / "blog_not_an_event.json"
+    product = CLICKSTREAM_EXAMPLES / "page_view.v1" / "product_from_tiktok_ad.json"
+    data = (
+        json.dumps(json.loads(product.read_text()))
+        + "\n"
+        + json.dumps(json.loads(blog.read_text()))
+    )
+    done = cli(
+        "preview", "--config", str(EXAMPLE_CONFIG), "--topic", "web.pageviews",
+        "--now", str(EXAMPLES_NOW), stdin=data.encode(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (
+        "line 1: ViewContent via important-page-views → POST https://business-api.tiktok.com"
+        in done.stdout
+    )
+    assert '"event_source_id": "D34FV3JC77U1PDQ72P1G"' in done.stdout
+    assert (
+        "line 2: filtered (no mapping's `when` rule matched: important-page-views)" in done.stdout
+    )
+
+
+def test_preview_of_an_unmapped_topic_fails_clearly() -> None:
+    done = cli("preview", "--config", str(EXAMPLE_CONFIG), "--topic", "nope", stdin=b"{}")
+    assert done.returncode == 1
+    assert "no mapping reads topic 'nope'" in done.stderr
+
+
+def test_missing_config_file_is_one_clear_line() -> None:
+    done = cli("check-config", "does/not/exist.yaml")
+    assert done.returncode == 1
+    assert "does/not/exist.yaml: cannot read" in done.stderr
