@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test lint unit integration kafka-fetch kafka-up kafka-down bench sandbox clean
+.PHONY: install demo test lint unit integration kafka-fetch kafka-up kafka-down kafka-status bench sandbox clean
 
 install: $(VENV)/.installed
 
@@ -18,13 +18,13 @@ demo: install
 	$(PY) -m devkit.demo
 
 ## The whole suite, as CI runs it.
-test: install lint
+test: install kafka-fetch lint
 	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy --strict processor
+	$(VENV)/bin/mypy --strict processor devkit
 
 unit: install
 	$(PY) -m pytest tests/unit
@@ -41,6 +41,9 @@ kafka-up: install kafka-fetch
 kafka-down: install
 	$(PY) -m devkit.kafka down
 
+kafka-status: install
+	$(PY) -m devkit.kafka status
+
 bench: install
 	$(PY) bench/mapping.py
 	$(PY) bench/sandbox.py
@@ -50,4 +53,5 @@ sandbox: install
 	$(PY) -m processor sandbox
 
 clean:
+	-[ -x $(PY) ] && $(PY) -m devkit.kafka down
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
