@@ -19,16 +19,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import re
 import ssl
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +31,10 @@ import httpx
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-TOKEN = "bench-token"  # noqa: S105 - the benchmark sandbox's own throwaway token
+sys.path.insert(0, str(REPO))
+
+from bench.sandbox_process import TOKEN, cpu_seconds, sandbox_process  # noqa: E402
+
 PIXEL = "D34FV3JC77U1PDQ72P1G"
 TRACK = "/open_api/v1.3/event/track/"
 SHA = "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"
@@ -67,34 +65,6 @@ def template(events: int) -> bytes:
         for i in range(events)
     ]
     return orjson.dumps({"event_source": "web", "event_source_id": PIXEL, "data": data})
-
-
-@contextmanager
-def sandbox_process() -> Iterator[tuple[str, int]]:
-    """Run the sandbox CLI in a child process; yields (url, pid)."""
-    command = [sys.executable, "-m", "processor.sandbox", "--port", "0", "--token", TOKEN]
-    command += ["--log-level", "warning", "--max-stored-events", "100000"]
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as process:
-        try:
-            line = process.stdout.readline() if process.stdout else ""
-            match = re.search(r"(http://\S+)", line)
-            if not match:
-                raise SystemExit(f"the sandbox did not start: {line!r}")
-            yield match.group(1), process.pid
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (Linux /proc), or None."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(url: str, pid: int | None, *, events: int, clients: int, seconds: float) -> dict[str, Any]:
@@ -190,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         results = scenarios(args.url.rstrip("/"), None)
     else:
-        with sandbox_process() as (url, pid):
+        with sandbox_process(100000) as (url, pid):
             results = scenarios(url, pid)
 
     batch, single = results["batch_1000"], results["single_event"]

@@ -124,10 +124,101 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from processor import runner  # noqa: PLC0415 - Kafka and httpx load only for the jobs that use them
+
+    return runner.run_workers(args.config, args.workers, args.log_format, args.log_level)
+
+
+def cmd_replay_dlq(args: argparse.Namespace) -> int:
+    from processor import runner  # noqa: PLC0415 - see cmd_run
+
+    report = runner.replay_dead_letters(args.config, args.group, args.log_format, args.log_level)
+    summary = {
+        "dead_letters": report.records,
+        "filtered": report.filtered,
+        "events_delivered": report.events_accepted,
+        "still_rejected": report.rejected,
+    }
+    if args.json:
+        print(orjson.dumps(summary).decode())
+    else:
+        print(
+            f"replayed {report.records} dead letters: {report.events_accepted} events delivered, "
+            f"{report.filtered} filtered, still rejected {report.rejected or 'none'}"
+        )
+    return EXIT_OK
+
+
+def _topics_arg(text: str) -> dict[str, str]:
+    from processor.sample import DEFAULT_TOPICS  # noqa: PLC0415 - see cmd_run
+
+    kinds = list(DEFAULT_TOPICS)
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if all("=" in p for p in parts):
+        topics = dict(p.split("=", 1) for p in parts)
+        unknown = set(topics) - set(kinds)
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown record kinds {sorted(unknown)}; use {kinds}")
+        return topics
+    if len(parts) != len(kinds):
+        raise argparse.ArgumentTypeError(
+            f"give {len(kinds)} topics ({', '.join(kinds)}) or kind=topic pairs"
+        )
+    return dict(zip(kinds, parts, strict=True))
+
+
+def cmd_produce_sample(args: argparse.Namespace) -> int:
+    from processor import sample_producer  # noqa: PLC0415 - see cmd_run
+
+    start = args.start if args.start is not None else time.time() - args.count * 0.003
+    records, expected = sample_producer.generate(
+        args.count, seed=args.seed, start=start, topics=args.topics
+    )
+    topics = sorted({r.topic for r in records})
+    sample_producer.ensure_topics(args.bootstrap, topics, args.partitions)
+    began = time.monotonic()
+    acknowledged = sample_producer.produce_sample(args.bootstrap, records, rate=args.rate)
+    took = time.monotonic() - began
+    summary = {
+        "produced": acknowledged,
+        "topics": topics,
+        "expected_events": dict(sorted(expected.items())),
+        "filtered": acknowledged - sum(expected.values()),
+        "seconds": round(took, 2),
+    }
+    if args.json:
+        print(orjson.dumps(summary).decode())
+    else:
+        print(f"produced {acknowledged} records to {', '.join(topics)} in {took:.1f}s")
+        print(
+            "expected TikTok events: " + ", ".join(f"{k} {v}" for k, v in sorted(expected.items()))
+        )
+        print(f"to be filtered out: {summary['filtered']}")
+    return EXIT_OK
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from processor import sandbox  # noqa: PLC0415 - the dev server is not loaded by other commands
 
     return sandbox.main(args.sandbox_args)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, not {text!r}")
+    return value
+
+
+def _logging_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=("json", "text"), default="json", help="log lines (default json)"
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +249,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="the time to judge event age against (ISO-8601 or epoch seconds; default: now)",
     )
     prev.set_defaults(func=cmd_preview)
+
+    run = sub.add_parser("run", help="run the processor: consume, map, deliver, commit")
+    run.add_argument("--config", required=True, help="the YAML configuration file")
+    run.add_argument(
+        "--workers", type=_positive, default=1, help="processes in the consumer group (default 1)"
+    )
+    _logging_args(run)
+    run.set_defaults(func=cmd_run)
+
+    replay = sub.add_parser(
+        "replay-dlq", help="feed the dead-letter topic through the current configuration, once"
+    )
+    replay.add_argument("--config", required=True, help="the YAML configuration file")
+    replay.add_argument("--group", help="consumer group of the replay (default: GROUP.replay)")
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    _logging_args(replay)
+    replay.set_defaults(func=cmd_replay_dlq)
+
+    sample = sub.add_parser("produce-sample", help="produce realistic sample clickstream to Kafka")
+    sample.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    sample.add_argument(
+        "--topics",
+        type=_topics_arg,
+        default=None,
+        help="page_view,button_click,sign_up,form_submit topics, or kind=topic pairs "
+        "(default: web.pageviews,web.clicks,web.signups,web.forms)",
+    )
+    sample.add_argument("--count", type=_positive, default=1000, help="records (default 1000)")
+    sample.add_argument("--rate", type=float, default=0.0, help="records/s (default: unthrottled)")
+    sample.add_argument("--seed", type=int, default=1)
+    sample.add_argument("--partitions", type=_positive, default=3, help="for topics it creates")
+    sample.add_argument(
+        "--start", type=_parse_now, default=None, help="time of the first record (default: now)"
+    )
+    sample.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sample.set_defaults(func=cmd_produce_sample)
 
     box = sub.add_parser("sandbox", help="run the TikTok-compatible sandbox server", add_help=False)
     box.add_argument("sandbox_args", nargs=argparse.REMAINDER)

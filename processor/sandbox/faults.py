@@ -20,6 +20,9 @@ Spec grammar (items separated by commas, each at most once unless marked repeata
     rps=50                 requests-per-second limit (token bucket) answering 40100
     burst=10               the bucket's size (default: rps, at least 1)
     retry_after=2          seconds sent in ``Retry-After`` with HTTP 429 (default 1)
+    reject=bad-            refuse any request holding an event whose event_id contains
+                           "bad-" with 40002 naming that event, as TikTok refuses an event
+                           it cannot take (repeatable; deterministic, for bisection tests)
     seed=7                 makes every random choice repeatable
 
 The rates of ``code``, ``http`` and ``drop`` share one draw per request, so they must add
@@ -103,6 +106,7 @@ class FaultConfig:
     burst: int | None = None
     retry_after_s: int = 1
     seed: int | None = None
+    reject: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -179,6 +183,7 @@ class FaultConfig:
         codes: list[tuple[int, float]] = []
         http: list[tuple[int, float]] = []
         queue: list[tuple[Outcome, int]] = []
+        reject: list[str] = []
         for raw in spec.split(","):
             item = raw.strip()
             if not item:
@@ -194,6 +199,8 @@ class FaultConfig:
                     (codes if key == "code" else http).append((_int(target), _rate(rate)))
                 elif key == "next":
                     queue.append(_counted_outcome(value))
+                elif key == "reject":
+                    reject.append(value)
                 elif key in _SCALARS:
                     name, convert = _SCALARS[key]
                     if name in fields:
@@ -207,7 +214,14 @@ class FaultConfig:
                     raise ValueError(f"unknown fault (known: {', '.join(_KEYS)})")
             except ValueError as exc:
                 problems.append(f"faults: {item!r}: {exc}")
-        return _build(problems, **fields, codes=tuple(codes), http=tuple(http), next=tuple(queue))
+        return _build(
+            problems,
+            **fields,
+            codes=tuple(codes),
+            http=tuple(http),
+            next=tuple(queue),
+            reject=tuple(reject),
+        )
 
     def to_spec(self) -> str:
         """The compact spec that parses back to this configuration."""
@@ -231,6 +245,7 @@ class FaultConfig:
             items.append(f"retry_after={self.retry_after_s}")
         if self.seed is not None:
             items.append(f"seed={self.seed}")
+        items += [f"reject={r}" for r in self.reject]
         return ",".join(items)
 
     # -- the JSON form ----------------------------------------------------------------
@@ -268,6 +283,7 @@ class FaultConfig:
             "burst": self.burst,
             "retry_after_s": self.retry_after_s,
             "seed": self.seed,
+            "reject": list(self.reject),
         }
 
 
@@ -349,7 +365,7 @@ _SCALARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "retry_after": ("retry_after_s", _int),
     "seed": ("seed", _int),
 }
-_KEYS = ("code", "http", "next", *_SCALARS)
+_KEYS = ("code", "http", "next", "reject", *_SCALARS)
 
 
 def _number(value: Any) -> float:
@@ -382,6 +398,10 @@ def _json_field(key: str, value: Any) -> dict[str, Any]:
         return {key: None if value is None else _integer(value)}
     if key in ("token_code", "retry_after_s"):
         return {key: _integer(value)}
+    if key == "reject":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise TypeError('must be a list of event_id substrings like ["bad-"]')
+        return {"reject": tuple(value)}
     raise ValueError("unknown key")
 
 

@@ -29,7 +29,7 @@ from processor.sandbox.faults import Decision, FaultConfig, FaultInjector, coerc
 from processor.sandbox.protocol import Code, RequestIds, default_message, envelope, reason_phrase
 from processor.sandbox.store import EventStore, StoredEvent, bump
 from processor.sandbox.tokens import Grant, TokenLike, TokenRegistry
-from processor.sandbox.validation import check_body
+from processor.sandbox.validation import check_body, refused_event
 from processor.schemas import Validator, tiktok_request_validator
 
 log = logging.getLogger("processor.sandbox")
@@ -209,7 +209,9 @@ class SandboxState:
         if isinstance(data, list):
             with self._cond:
                 self._store.received(len(data), test_code)
-        rejection = check_body(body, self._validate)
+        rejection = check_body(body, self._validate) or refused_event(
+            data, self._faults.config.reject
+        )
         if rejection:
             return self._api(rejection.code, request_id, rejection.message)
         if not isinstance(pixel, str) or not isinstance(data, list):  # the schema rules it out

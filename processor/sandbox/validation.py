@@ -96,3 +96,18 @@ def check_body(body: dict[str, Any], validator: Validator) -> Rejection | None:
     except SchemaViolation as violation:
         return Rejection(Code.PARAM_ERROR, schema_message(violation))
     return None
+
+
+def refused_event(data: Any, substrings: tuple[str, ...]) -> Rejection | None:
+    """40002 for the first event whose ``event_id`` contains one of ``substrings``: the
+    ``reject=`` fault, standing in for an event TikTok refuses while taking the others."""
+    if not substrings or not isinstance(data, list):
+        return None
+    for index, event in enumerate(data):
+        event_id = event.get("event_id") if isinstance(event, dict) else None
+        if isinstance(event_id, str) and any(s in event_id for s in substrings):
+            return Rejection(
+                Code.PARAM_ERROR,
+                f"Invalid value for data[{index}].event_id: refused by the sandbox (reject fault)",
+            )
+    return None

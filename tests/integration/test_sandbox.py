@@ -716,3 +716,16 @@ def test_cli_reports_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
     with Sandbox() as taken:
         assert main(["--port", str(taken.port)]) == 1
     assert "cannot listen" in capsys.readouterr().err
+
+
+def test_reject_fault_refuses_the_batch_naming_the_event_and_stores_nothing(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    sandbox.set_faults("reject=bad-")
+    body = a_body([an_event(0), an_event(1, event_id="bad-1"), an_event(2)])
+    response = track(client, body)
+    assert code_of(response) == 40002
+    assert response.json()["message"].startswith("Invalid value for data[1].event_id")
+    assert sandbox.stats()["events"]["accepted"] == 0
+    assert code_of(track(client, a_body([an_event(0), an_event(2)]))) == 0
+    assert sandbox.faults()["spec"] == "reject=bad-"

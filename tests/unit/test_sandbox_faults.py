@@ -178,3 +178,10 @@ def test_the_token_fault_fires_once_after_n_authorised_requests() -> None:
     assert injector.state()["token_fault_fired"] is True
     injector.configure(injector.config)
     assert injector.state()["token_fault_in"] == 2
+
+
+def test_reject_substrings_round_trip_through_spec_and_json() -> None:
+    config = FaultConfig.from_spec("reject=bad-,reject=poison")
+    assert config.reject == ("bad-", "poison")
+    assert FaultConfig.from_spec(config.to_spec()) == config
+    assert FaultConfig.from_json(config.to_json()) == config

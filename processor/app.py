@@ -1,0 +1,563 @@
+"""The run loop: consumer group → transform → batch → send → ack → commit.
+
+Threads: this module's loop owns every Kafka call (consume, pause/resume,
+commit, the dead-letter producer's delivery reports), the transform and the
+batching, on one thread. Requests to TikTok run on the sender's own thread; its
+outcomes come back through :meth:`BatchSender.poll_completions`, which this loop
+drains every turn into the offset trackers.
+
+Delivery guarantees (DESIGN §3):
+
+- a record is *done* when each of its events is accepted by TikTok (or
+  dead-lettered after TikTok rejected it) and each of its dead letters is
+  acknowledged by the broker; a partition commits its lowest not-done offset;
+- memory is bounded: at most ``max_buffered_events`` events exist between the
+  consumer and TikTok; above that every partition is paused (consume() keeps
+  the membership alive) and resumed below half of it;
+- a halted sender (token or permission error) pauses consumption and commits
+  nothing past the held events; it resumes when the token is rotated;
+- on revoke, the revoked partitions' work is flushed and waited for (up to
+  ``drain_timeout_s``), their watermark committed synchronously, and their
+  trackers fenced so late completions change nothing;
+- on stop (SIGTERM/SIGINT): no new records, batches flushed, in-flight work
+  waited for up to the drain timeout, offsets committed, the group left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from processor.batching import Batch, Batcher, PendingEvent
+from processor.config import Config
+from processor.dlq import DeadLetter, DeadLetterGuard, DeadLetterWriter, header_map
+from processor.metrics import Metrics
+from processor.offsets import OffsetTracker, PartitionTracker, TopicPartition
+from processor.source import KafkaError, Message, Source, message_headers
+from processor.transform import Transformer
+from processor.types import Stage
+
+log = logging.getLogger(__name__)
+
+#: Records read per consume() call.
+CONSUME_BATCH = 500
+#: How often gauges (lag, oldest unfinished) are refreshed, seconds.
+GAUGE_INTERVAL_S = 2.0
+#: How long a stop waits for the broker to confirm the final commit, seconds.
+FINAL_COMMIT_TIMEOUT_S = 10.0
+
+
+class BatchOutcome(Protocol):
+    """What became of one submitted batch (the sender's result type)."""
+
+    @property
+    def batch(self) -> Batch: ...
+
+    @property
+    def accepted(self) -> Sequence[PendingEvent]: ...
+
+    @property
+    def rejected(self) -> Sequence[tuple[PendingEvent, str]]: ...
+
+
+class BatchSender(Protocol):
+    """The sink as the loop uses it (see :mod:`processor.sink`)."""
+
+    def start(self) -> None: ...
+
+    def submit(self, batch: Batch) -> None: ...
+
+    def poll_completions(self) -> Sequence[BatchOutcome]: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+    @property
+    def halted(self) -> str | None: ...
+
+    def close(self, timeout: float) -> None: ...
+
+
+class RecordRef:
+    """A consumed record while its events are on their way: how to ack it and
+    what its dead letter would carry."""
+
+    __slots__ = ("headers", "key", "offset", "source", "timestamp", "tracker", "value")
+
+    def __init__(
+        self,
+        tracker: PartitionTracker,
+        offset: int,
+        timestamp: float,
+        message: Message,
+        source: tuple[str, int, int],
+    ) -> None:
+        self.tracker = tracker
+        self.offset = offset
+        self.timestamp = timestamp
+        self.key: bytes | None = message.key()
+        self.value: bytes | None = message.value()
+        self.headers = message_headers(message)
+        self.source = source  # (topic, partition, offset) the event ids derive from
+
+
+@dataclass
+class RunReport:
+    """Counts of one run, printed by ``replay-dlq`` and logged at stop."""
+
+    records: int = 0
+    filtered: int = 0
+    events_mapped: int = 0
+    events_accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, stage: str) -> None:
+        self.rejected[stage] = self.rejected.get(stage, 0) + 1
+
+
+class StopProcessing(Exception):
+    """Ends the loop with a reason (dead-letter limit, a dead letter that cannot be
+    written, no dead-letter topic for a rejection)."""
+
+
+@dataclass
+class Mode:
+    """What differs between ``run`` and ``replay-dlq``.
+
+    ``dead_letter``: rejections go to the dead-letter topic (``run``) or are only
+    counted (``replay-dlq``, whose input already is the dead-letter topic).
+    ``stop_at_end``: stop once every assigned partition is read to its end and
+    everything is done. ``identity`` gives the (topic, partition, offset) a
+    record is transformed as (a dead letter is transformed as its source record,
+    so its event ids do not change).
+    """
+
+    dead_letter: bool = True
+    stop_at_end: bool = False
+    identity: Callable[[Message], tuple[str, int, int]] | None = None
+
+
+def dead_letter_identity(message: Message) -> tuple[str, int, int]:
+    """A dead letter's source record, from its headers."""
+    headers = header_map(message_headers(message))
+    try:
+        return (
+            headers["dlq.source.topic"],
+            int(headers["dlq.source.partition"]),
+            int(headers["dlq.source.offset"]),
+        )
+    except (KeyError, ValueError):
+        return (str(message.topic()), int(message.partition() or 0), int(message.offset() or 0))
+
+
+SourceFactory = Callable[..., Source]
+
+
+class Processor:
+    """One consumer group member's pipeline."""
+
+    def __init__(
+        self,
+        config: Config,
+        transformer: Transformer,
+        metrics: Metrics,
+        sender: BatchSender,
+        *,
+        source_factory: SourceFactory,
+        topics: Sequence[str] | None = None,
+        dead_letters: DeadLetterWriter | None = None,
+        mode: Mode | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._delivery = config.delivery
+        self._transformer = transformer
+        self._metrics = metrics
+        self._sender = sender
+        self._dead_letters = dead_letters
+        self._mode = mode or Mode()
+        self._clock = clock
+        self._offsets = OffsetTracker()
+        self._batcher = Batcher(
+            max_events=self._delivery.max_batch_events, linger_s=self._delivery.linger_ms / 1000
+        )
+        self._guard = DeadLetterGuard(config.dead_letter)
+        self._source = source_factory(
+            config.kafka,
+            list(topics or transformer.topics),
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._lost,
+            on_commit_failed=self._commit_failed,
+            extra={"enable.partition.eof": True} if self._mode.stop_at_end else None,
+        )
+        self._outstanding_events = 0
+        self._stop_requested = False
+        self._stop_reason: str | None = None
+        self._last_commit = 0.0
+        self._last_gauges = 0.0
+        self.last_loop = clock()
+        self._at_end: set[TopicPartition] = set()
+        self.report = RunReport()
+        self._halt_logged: str | None = None
+        self._dead_letter_error: str | None = None
+        self._final_commit_done = False
+        self._consumed = {t: metrics.records_consumed.labels(t) for t in transformer.topics}
+        self._filtered = {t: metrics.records_filtered.labels(t) for t in transformer.topics}
+
+    # -- control ------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (safe from a signal handler)."""
+        self._stop_requested = True
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        """Partitions assigned and not halted (for ``/readyz``)."""
+        halted = self._sender.halted
+        if halted:
+            return False, f"halted: {halted}"
+        if not self._source.assignment:
+            return False, "no partitions assigned"
+        return True, "ok"
+
+    def run(self) -> int:
+        """Process until stopped. Returns the exit status: 0 on a clean stop."""
+        self.start()
+        while self.turn():
+            pass
+        return self.shutdown()
+
+    # -- the loop -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the sender and join the consumer group."""
+        self._sender.start()
+        self._source.subscribe()
+
+    def turn(self) -> bool:
+        """One iteration of the loop; False once the processor should stop."""
+        if self._stop_requested:
+            return False
+        try:
+            self._turn()
+        except StopProcessing as exc:
+            self._stop_reason = str(exc)
+            return False
+        return not self._stop_requested
+
+    def _turn(self) -> None:
+        now = self._clock()
+        self.last_loop = now
+        self._collect()
+        self._batches_due(now)
+        self._commit_if_due(now)
+        self._backpressure()
+        self._gauges(now)
+        messages = self._source.consume(CONSUME_BATCH, self._poll_timeout(now))
+        now = self._clock()
+        for message in messages:
+            self._handle(message, now)
+        if self._guard.tripped is not None:
+            raise StopProcessing(f"dead-letter limit reached: {self._guard.tripped}")
+        if self._dead_letter_error is not None:
+            raise StopProcessing(self._dead_letter_error)
+        if self._mode.stop_at_end and self._finished():
+            self._stop_requested = True
+
+    def _poll_timeout(self, now: float) -> float:
+        if self._outstanding_events or (
+            self._dead_letters is not None and self._dead_letters.outstanding
+        ):
+            due = self._batcher.next_due()
+            return 0.01 if due is None else max(0.0, min(0.05, due - now))
+        return 0.2
+
+    def _collect(self) -> None:
+        """Acknowledge what the sender and the dead-letter producer finished."""
+        for outcome in self._sender.poll_completions():
+            self._outstanding_events -= len(outcome.batch.items)
+            now = self._clock()
+            for item in outcome.accepted:
+                ref: RecordRef = item.ref
+                self.report.events_accepted += 1
+                if ref.tracker.active:
+                    self._metrics.end_to_end_latency.observe(max(0.0, now - ref.timestamp))
+                    ref.tracker.finish(ref.offset)
+            for item, reason in outcome.rejected:
+                self._reject(item.ref, Stage.API, reason, item.event.mapping)
+        if self._dead_letters is not None:
+            self._dead_letters.poll()
+        self._metrics.buffered_events.set(self._outstanding_events)
+        halted = self._sender.halted
+        if halted != self._halt_logged:
+            if halted:
+                log.error(
+                    "delivery halted, consumption paused, nothing committed past it: %s", halted
+                )
+            else:
+                log.warning("delivery resumed: the access token was replaced")
+            self._halt_logged = halted
+
+    def _handle(self, message: Message, now: float) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                self._at_end.add(
+                    TopicPartition(str(message.topic()), int(message.partition() or 0))
+                )
+                return
+            if error.fatal():
+                raise StopProcessing(f"fatal Kafka error: {error}")
+            log.warning("consumer error: %s", error)
+            return
+        topic, partition, offset = (
+            str(message.topic()),
+            int(message.partition() or 0),
+            int(message.offset() or 0),
+        )
+        tp = TopicPartition(topic, partition)
+        tracker = self._offsets.get(tp)
+        if tracker is None:  # not ours (any more): the new owner reads it
+            return
+        self._at_end.discard(tp)
+        identity = (
+            self._mode.identity(message) if self._mode.identity else (topic, partition, offset)
+        )
+        result = self._transformer.transform(identity[0], identity[1], identity[2], message.value())
+        counter = self._consumed.get(topic)
+        (counter or self._metrics.records_consumed.labels(topic)).inc()
+        self.report.records += 1
+        kind, stamp = message.timestamp()
+        timestamp = stamp / 1000.0 if kind and stamp > 0 else now
+        work = len(result.events) + len(result.rejected)
+        tracker.track(offset, work, timestamp)
+        if not work:
+            self.report.filtered += 1
+            (self._filtered.get(topic) or self._metrics.records_filtered.labels(topic)).inc()
+            self._guard.observe(False)
+            return
+        ref = RecordRef(tracker, offset, timestamp, message, identity)
+        for event in result.events:
+            self._metrics.events_mapped.labels(event.payload["event"]).inc()
+            self.report.events_mapped += 1
+            self._outstanding_events += 1
+            full = self._batcher.add(ref, event, now)
+            if full is not None:
+                self._submit(full)
+        for rejection in result.rejected:
+            self._reject(ref, str(rejection.stage), rejection.reason, rejection.mapping)
+        last = result.rejected[-1] if result.rejected else None
+        self._guard.observe(last is not None, f"{last.stage}: {last.reason}" if last else "")
+
+    def _submit(self, batch: Batch) -> None:
+        self._sender.submit(batch)
+
+    def _batches_due(self, now: float) -> None:
+        if self._sender.halted:
+            return  # the sender holds what it has; do not hand it more
+        for batch in self._batcher.due(now):
+            self._submit(batch)
+
+    def _reject(self, ref: RecordRef, stage: str, reason: str, mapping: str | None) -> None:
+        if not ref.tracker.active:
+            return  # revoked: the partition's new owner handles the record again
+        self.report.reject(stage)
+        self._metrics.records_dead_lettered.labels(ref.source[0], stage).inc()
+        if not self._mode.dead_letter:
+            ref.tracker.finish(ref.offset)
+            return
+        if self._dead_letters is None:
+            raise StopProcessing(
+                f"record {ref.source[0]}[{ref.source[1]}]@{ref.source[2]} rejected at {stage} "
+                f"({reason}) and no kafka.dead_letter_topic is configured"
+            )
+        letter = DeadLetter(
+            ref.source[0], ref.source[1], ref.source[2], ref.key, ref.value, ref.headers,
+            stage, reason, mapping,
+        )  # fmt: skip
+
+        def written(error: str | None) -> None:
+            # Runs inside the producer's poll(): record the failure, the loop stops on it.
+            if error is not None:
+                self._dead_letter_error = (
+                    f"cannot write a dead letter to {self._dead_letters_topic()}: {error}"
+                )
+                return
+            ref.tracker.finish(ref.offset)
+
+        self._dead_letters.write(letter, written)
+
+    def _dead_letters_topic(self) -> str:
+        return self._dead_letters.topic if self._dead_letters is not None else "(none)"
+
+    def _backpressure(self) -> None:
+        limit = self._delivery.max_buffered_events
+        halted = self._sender.halted is not None
+        if not self._source.paused and (halted or self._outstanding_events >= limit):
+            self._source.pause_all()
+            self._metrics.paused.set(1)
+        elif self._source.paused and not halted and self._outstanding_events <= limit // 2:
+            self._source.resume_all()
+            self._metrics.paused.set(0)
+
+    def _commit_if_due(self, now: float) -> None:
+        if (now - self._last_commit) * 1000 < self._delivery.commit_interval_ms:
+            return
+        self._last_commit = now
+        positions = self._offsets.to_commit()
+        if positions and self._source.commit(positions, asynchronous=True):
+            self._offsets.mark_committed(positions)
+            self._metrics.commits.inc()
+        elif positions:
+            self._metrics.commit_failures.inc()
+
+    def _commit_all(self) -> None:
+        """Every position, waiting for the broker's answer (stop)."""
+        positions = self._offsets.positions()
+        if not positions:
+            return
+        if self._source.commit_and_serve(positions, timeout=FINAL_COMMIT_TIMEOUT_S):
+            self._offsets.mark_committed(positions)
+            self._metrics.commits.inc()
+            self._final_commit_done = True
+        else:
+            self._metrics.commit_failures.inc()
+            log.warning("final offset commit not confirmed; the next owner may re-send some events")
+
+    def _commit_failed(self, partitions: list[TopicPartition], reason: str) -> None:
+        self._metrics.commit_failures.inc()
+        log.warning("offset commit failed for %d partitions: %s", len(partitions), reason)
+        for tp in partitions:
+            tracker = self._offsets.get(tp)
+            if tracker is not None:
+                tracker.committed = None  # commit the position again next time
+
+    def _gauges(self, now: float) -> None:
+        if now - self._last_gauges < GAUGE_INTERVAL_S:
+            return
+        self._last_gauges = now
+        m = self._metrics
+        m.assigned_partitions.set(len(self._offsets))
+        oldest = self._offsets.oldest_pending_timestamp()
+        m.oldest_unfinished_age.set(0.0 if oldest is None else max(0.0, now - oldest))
+        for tp, lag in self._source.lag().items():
+            m.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def _finished(self) -> bool:
+        assignment = self._source.assignment
+        return (
+            bool(assignment)
+            and assignment <= self._at_end
+            and self._outstanding_events == 0
+            and self._offsets.pending() == 0
+        )
+
+    # -- rebalance ------------------------------------------------------------
+
+    def _assigned(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._offsets.assign(tp)
+        self._metrics.rebalances.labels("assigned").inc(len(partitions))
+        self._metrics.assigned_partitions.set(len(self._offsets))
+        log.info("partitions assigned: %s", _names(partitions))
+
+    def _revoked(self, partitions: list[TopicPartition]) -> None:
+        trackers = [t for t in (self._offsets.get(tp) for tp in partitions) if t is not None]
+        self._drain(lambda: all(t.pending() == 0 for t in trackers), self._delivery.drain_timeout_s)
+        # Synchronously, even if an asynchronous commit of the same position may
+        # be on its way: the next owner starts from what the broker has. (Not again
+        # when leaving after a confirmed final commit.)
+        positions = {
+            t.tp: p
+            for t in trackers
+            if (p := t.position()) is not None
+            and not (self._final_commit_done and p == t.committed)
+        }
+        if positions:
+            if self._source.commit(positions, asynchronous=False):
+                self._metrics.commits.inc()
+            else:
+                self._metrics.commit_failures.inc()
+        self._forget(partitions)
+        self._metrics.rebalances.labels("revoked").inc(len(partitions))
+        undone = sum(t.pending() for t in trackers)
+        log.info(
+            "partitions revoked: %s (committed %s%s)",
+            _names(partitions),
+            {f"{tp.topic}[{tp.partition}]": p for tp, p in positions.items()},
+            f"; {undone} records left to the next owner" if undone else "",
+        )
+
+    def _lost(self, partitions: list[TopicPartition]) -> None:
+        # Another member may own them already: commit nothing, fence everything.
+        self._forget(partitions)
+        self._metrics.rebalances.labels("lost").inc(len(partitions))
+        log.warning("partitions lost: %s", _names(partitions))
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._offsets.revoke(tp)
+            self._at_end.discard(tp)
+        dropped = self._batcher.discard(lambda ref: ref.tracker.active)
+        self._outstanding_events -= len(dropped)
+        self._metrics.assigned_partitions.set(len(self._offsets))
+
+    def _drain(self, done: Callable[[], bool], timeout: float, *, serve: bool = False) -> bool:
+        """Flush every batch and serve completions until ``done()`` or ``timeout``.
+        ``serve``: keep the consumer polled meanwhile (stop; never inside a callback)."""
+        if not self._sender.halted:
+            for batch in self._batcher.flush():
+                self._submit(batch)
+        deadline = self._clock() + timeout
+        while True:
+            self._collect()
+            if done():
+                return True
+            if self._clock() >= deadline:
+                return False
+            if serve:
+                self._source.serve(0.01)
+            else:
+                self._sender.wait(0.01)
+
+    # -- stop -------------------------------------------------------------------
+
+    def shutdown(self) -> int:
+        """Drain, commit, leave the group. Returns the exit status."""
+        reason = self._stop_reason
+        log.info("stopping: %s", reason or "requested")
+        drained = self._drain(
+            lambda: (
+                self._outstanding_events == 0
+                and (self._dead_letters is None or self._dead_letters.outstanding == 0)
+            ),
+            self._delivery.drain_timeout_s,
+        )
+        if not drained:
+            log.warning(
+                "stop: %d events still outstanding after %.0fs; their records stay uncommitted",
+                self._outstanding_events,
+                self._delivery.drain_timeout_s,
+            )
+        self._commit_all()
+        self._sender.close(timeout=1.0)
+        self._source.close()
+        log.info(
+            "stopped: %d records, %d filtered, %d events accepted, rejected %s",
+            self.report.records,
+            self.report.filtered,
+            self.report.events_accepted,
+            self.report.rejected or "none",
+        )
+        return 1 if reason else 0
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop_reason
+
+
+def _names(partitions: Sequence[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none"

@@ -1,0 +1,80 @@
+"""The TikTok sink: classified, rate-limited, retried, bisected delivery of batches.
+
+This package is the only place that imports ``httpx``. Layout (arrows point one way)::
+
+    sender ─► client ─► classify     one answer → success/partial/retryable/bad/fatal
+       │                              (pure; the table below)
+       └───► pacing                  rate limiter (token bucket) and backoff with jitter
+
+Threading contract
+------------------
+The poll thread (which owns every Kafka call) talks to :class:`Sender` only through
+``start()``, ``submit(batch)``, ``poll_completions()``, ``wait(timeout)``, the
+``in_flight_batches`` and ``halted`` properties and ``close(timeout)``; all of them are
+thread-safe, and only ``start``, ``wait`` and ``close`` ever block. Everything else
+runs on the sender's own thread, an asyncio loop with one ``httpx.AsyncClient``.
+Finished batches travel back as :class:`BatchOutcome` objects through a lock-guarded
+queue; a batch is reported exactly once, when all of its events are accepted or
+rejected for good, and a batch still unfinished at ``close`` is cancelled and never
+reported (so the caller never commits it).
+
+Classification (DESIGN §3.6; TikTok answers errors as HTTP 200 with a non-zero code,
+so the envelope's ``code`` is read first and the status only when there is none)
+-------------------------------------------------------------------------------------
+=====================================================  ===========  ===================
+answer                                                 verdict      then
+=====================================================  ===========  ===================
+code 0                                                 success      accepted
+code 20001 (partial OK)                                partial      accepted, flagged
+code 40100, 40132 (rate limited)                       retryable    backoff, retry
+code 50000, 50002, 51xxx, 60001, 61000, other 5/6xxxx  retryable    backoff, retry
+any code of no known family (not 4xxxx)                retryable    backoff, retry
+HTTP 2xx whose body is not the JSON envelope           retryable    backoff, retry
+HTTP 408, 429, 5xx; timeout; connection refused,       retryable    backoff, retry
+reset or dropped; other network errors
+code 40000, 40002, 40061, 40062, other 4xxxx           bad payload  bisect
+HTTP 400, 413, 422                                     bad payload  bisect
+code 40001, 40102, 40104, 40105                        fatal        halt
+HTTP 401, 403, 404, other 4xx, 3xx; a URL scheme       fatal        halt
+other than http(s)
+=====================================================  ===========  ===================
+
+- *retry*: exponential backoff with full jitter (``backoff_initial_ms`` doubling, capped
+  at ``backoff_max_ms``), at least the server's ``Retry-After``; a waiting request holds
+  no in-flight slot. After ``max_retries`` retries its events are rejected as
+  ``gave up after N retries: <last reason>``.
+- *bisect*: one bad event fails the whole request. A single event is rejected with
+  TikTok's code and message; a larger batch is split (the event the message names as
+  ``data[i]`` against the rest, else halves) and each part is delivered on its own.
+- *halt*: nothing is sent, completed or rejected; ``halted`` gives the reason and the
+  ``sink_fatal`` gauge is 1. The token source is re-read every
+  ``token_check_interval_s``; a different token lifts the halt and the held requests
+  go on from where they stopped. A token from the environment never changes: halted
+  until restart.
+
+Limits: at most ``max_in_flight`` requests at once; at most ``max_requests_per_s``
+request starts a second across first attempts, retries and bisection requests.
+
+Secrets: the token is read from :class:`~processor.config.AccessToken` and revealed
+only into the ``Access-Token`` header; reasons, outcomes, logs and metrics never hold
+it (exception messages are never copied, and any echo of it is scrubbed).
+"""
+
+from __future__ import annotations
+
+from processor.sink.classify import Classification, RetryReason, Verdict, classify
+from processor.sink.client import TikTokClient
+from processor.sink.pacing import RateLimiter, backoff_delay
+from processor.sink.sender import BatchOutcome, Sender
+
+__all__ = [
+    "BatchOutcome",
+    "Classification",
+    "RateLimiter",
+    "RetryReason",
+    "Sender",
+    "TikTokClient",
+    "Verdict",
+    "backoff_delay",
+    "classify",
+]

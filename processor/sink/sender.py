@@ -1,0 +1,467 @@
+"""The sender: batches in from the poll thread, requests out on an asyncio loop thread.
+
+Owns :class:`Sender` and :class:`BatchOutcome`: bounded concurrency, the shared rate
+limit, retries with backoff, bisection of rejected batches, the halt on token and
+permission errors, and the hand-back of finished batches. See the package docstring
+for the threading contract and the classification table.
+
+How one submitted batch travels (all on the loop thread)::
+
+    submit ─► _deliver ─► _deliver_part(items)
+                            └─ _send_with_retries ─► _attempt ─► gate (halted? wait)
+                                                               ─► in-flight slot (semaphore)
+                                                               ─► rate limiter
+                                                               ─► TikTokClient.send
+                              delivered   → accepted
+                              retryable   → sleep (no slot held), again; after
+                                            max_retries → rejected "gave up after N retries: …"
+                              bad payload → one event: rejected with TikTok's message;
+                                            more: split (the event TikTok names, or halves),
+                                            each part again from the top
+                              fatal       → halt; the request waits at the gate and is
+                                            sent again once a new token is loaded
+    ─► BatchOutcome on the completion queue (once, when every part has finished)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from processor.batching import Batch, PendingEvent
+from processor.config import DeliveryConfig, Secret, TikTokConfig
+from processor.metrics import Metrics
+from processor.payload import BatchKey
+from processor.sink.classify import Classification, RetryReason, Verdict
+from processor.sink.client import TikTokClient, is_sendable
+from processor.sink.pacing import RateLimiter, backoff_delay
+
+log = logging.getLogger("processor.sink")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+#: How long close() waits for the loop to cancel its tasks and close connections.
+_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What became of one submitted batch. Every event of ``batch`` is in exactly one of
+    ``accepted`` and ``rejected``; a rejection's reason is TikTok's code and message
+    (``40002 Invalid value for data[0].event_id: …``) or the give-up reason (``gave up
+    after 8 retries: HTTP 503``). ``partial``: some request of it was answered 20001."""
+
+    batch: Batch
+    accepted: list[PendingEvent]
+    rejected: list[tuple[PendingEvent, str]]
+    partial: bool = False
+
+
+class _Tally:
+    """One batch's results so far, while its parts are under way (loop thread only)."""
+
+    __slots__ = ("accepted", "partial", "rejected", "trust_hints")
+
+    def __init__(self) -> None:
+        self.accepted: list[PendingEvent] = []
+        self.rejected: list[tuple[PendingEvent, str]] = []
+        self.partial = False
+        # Trust the data[i] a rejection names until it once names an event that is fine.
+        self.trust_hints = True
+
+
+class Sender:
+    """Sends batches to TikTok on its own thread; see the package docstring.
+
+    Seams for tests: ``transport`` (an ``httpx.AsyncBaseTransport``, e.g.
+    ``httpx.MockTransport``), ``rng`` (backoff jitter), ``clock`` (the rate limiter's)
+    and ``sleep`` (rate limiter, backoff and token checks; awaited on the loop thread).
+    ``rate_burst``: requests the rate limiter lets start at once (1: evenly spaced).
+    ``on_completion`` is called on the loop thread after each outcome is queued; it
+    must be thread-safe and quick (e.g. set an event the poll loop waits on).
+    """
+
+    def __init__(
+        self,
+        tiktok: TikTokConfig,
+        delivery: DeliveryConfig,
+        metrics: Metrics,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        token_check_interval_s: float = 2.0,
+        rate_burst: int = 1,
+        on_completion: Callable[[], None] | None = None,
+    ) -> None:
+        _check_delivery(delivery)
+        if not token_check_interval_s > 0:
+            raise ValueError("token_check_interval_s must be above 0")
+        self._access_token = tiktok.access_token
+        self._metrics = metrics
+        self._max_retries = delivery.max_retries
+        self._backoff_initial_s = delivery.backoff_initial_ms / 1000
+        self._backoff_max_s = delivery.backoff_max_ms / 1000
+        self._token_check_interval_s = token_check_interval_s
+        # Not for security: jitter only has to spread retries apart.
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311
+        self._sleep = sleep
+        self._on_completion = on_completion
+        self._client = TikTokClient(
+            tiktok,
+            metrics,
+            timeout_s=delivery.request_timeout_s,
+            max_connections=delivery.max_in_flight,
+            transport=transport,
+        )
+        # asyncio primitives bind to the loop that first uses them: the sender's.
+        self._slots = asyncio.Semaphore(delivery.max_in_flight)
+        self._limiter = RateLimiter(
+            delivery.max_requests_per_s, burst=rate_burst, clock=clock, sleep=sleep
+        )
+        self._resumed = asyncio.Event()
+
+        # Shared with the poll thread, under _lock.
+        self._lock = threading.Lock()
+        self._completions_ready = threading.Condition(self._lock)
+        self._completed: deque[BatchOutcome] = deque()
+        self._in_flight = 0
+        self._state = "new"  # → running → closing → closed
+        self._halted: str | None = None
+        self._broken: str | None = None  # an internal error: halted for good
+
+        # Loop thread only.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._token: Secret | None = None
+        self._stopping = False
+
+    # -- the poll thread's API ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop thread and load the token (once). With no usable token the
+        sender starts halted and waits for one."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"the sender is {self._state}; it starts once")
+            self._state = "running"
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=_run_loop, args=(loop,), name="tiktok-sender", daemon=True
+        )
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._load_first_token(), loop).result()
+
+    def submit(self, batch: Batch) -> None:
+        """Hand a batch over for delivery. Thread-safe, never blocks; its outcome comes
+        back through :meth:`poll_completions`. Raises RuntimeError unless running."""
+        with self._lock:
+            if self._state != "running" or self._loop is None:
+                raise RuntimeError(f"cannot submit: the sender is {self._state}")
+            self._in_flight += 1
+            # Scheduled under the lock, so close() cannot slip in between.
+            self._loop.call_soon_threadsafe(self._launch, batch)
+
+    def poll_completions(self) -> list[BatchOutcome]:
+        """The outcomes finished since the last call, oldest first. Never blocks."""
+        with self._lock:
+            done = list(self._completed)
+            self._completed.clear()
+        return done
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until an outcome is waiting; whether one is."""
+        with self._completions_ready:
+            if not self._completed:
+                self._completions_ready.wait(max(0.0, timeout))
+            return bool(self._completed)
+
+    @property
+    def in_flight_batches(self) -> int:
+        """Batches submitted whose outcome is not queued yet (after close: the ones
+        that were cancelled)."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def halted(self) -> str | None:
+        """Why delivery is halted (token or permission refused, no token), or None."""
+        with self._lock:
+            return self._broken or self._halted
+
+    def close(self, timeout: float) -> None:
+        """Stop accepting batches, wait up to ``timeout`` seconds for those in flight,
+        then cancel the rest and stop the loop thread. A cancelled batch is never
+        reported, so its records are never committed. Idempotent."""
+        with self._lock:
+            state = self._state
+            if state in ("closing", "closed"):
+                return
+            self._state = "closing"
+        if state == "running":
+            self._drain(timeout)
+            self._stop_loop()
+        with self._lock:
+            self._state = "closed"
+
+    # -- closing (poll thread) ---------------------------------------------------------
+
+    def _drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._completions_ready:
+            while self._in_flight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._completions_ready.wait(left)
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        shutdown = asyncio.run_coroutine_threadsafe(self._cancel_everything(), loop)
+        try:
+            cancelled = shutdown.result(_SHUTDOWN_TIMEOUT_S)
+        except TimeoutError:
+            log.error("sender: the loop did not shut down within %ss", _SHUTDOWN_TIMEOUT_S)
+            cancelled = -1
+        if cancelled:
+            log.warning(
+                "sender closed with %s batches unfinished: cancelled, not reported, "
+                "so their records stay uncommitted",
+                cancelled if cancelled > 0 else "some",
+            )
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(_SHUTDOWN_TIMEOUT_S)
+
+    # -- the loop thread ---------------------------------------------------------------
+
+    async def _cancel_everything(self) -> int:
+        self._stopping = True
+        batches = list(self._tasks)
+        tasks = batches + ([self._watcher] if self._watcher is not None else [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._client.aclose()
+        return len(batches)
+
+    def _launch(self, batch: Batch) -> None:
+        if self._stopping:
+            return  # close() is cancelling: this batch is dropped unreported, like the rest
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._deliver(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            # A bug, not TikTok: the batch can neither be reported nor dropped safely, so
+            # stop the way a token error does (nothing past it is committed) and say so.
+            log.error("sender: internal error delivering a batch", exc_info=error)
+            with self._lock:
+                self._broken = f"internal error in the sink ({type(error).__name__}); restart"
+            self._metrics.sink_fatal.set(1)
+
+    async def _deliver(self, batch: Batch) -> None:
+        tally = _Tally()
+        await self._deliver_part(batch.key, batch.items, tally, named=False)
+        outcome = BatchOutcome(batch, tally.accepted, tally.rejected, tally.partial)
+        # No await from here on: a batch is either reported whole or cancelled unreported.
+        with self._lock:
+            self._completed.append(outcome)
+            self._in_flight -= 1
+            self._completions_ready.notify_all()
+        if self._on_completion is not None:
+            self._on_completion()
+
+    async def _deliver_part(
+        self, key: BatchKey, items: Sequence[PendingEvent], tally: _Tally, *, named: bool
+    ) -> None:
+        """Deliver ``items`` as one request, then as smaller parts if TikTok rejects it.
+        ``named``: this is the single event a rejection's message pointed at."""
+        if not items:
+            return
+        result, retries = await self._send_with_retries(key, items)
+        if result.delivered:
+            tally.accepted.extend(items)
+            tally.partial |= result.verdict is Verdict.PARTIAL
+            if named:
+                tally.trust_hints = False  # the message named an event that was fine
+            self._count_sent(items, "accepted")
+        elif result.verdict is Verdict.RETRYABLE:
+            self._reject(items, f"gave up after {retries} retries: {result.reason}", tally)
+        elif len(items) == 1:
+            self._reject(items, result.reason, tally)
+        else:
+            parts = _split(items, result, tally)
+            await asyncio.gather(
+                *(self._deliver_part(key, part, tally, named=hint) for part, hint in parts)
+            )
+
+    async def _send_with_retries(
+        self, key: BatchKey, items: Sequence[PendingEvent]
+    ) -> tuple[Classification, int]:
+        """The first answer that is not retryable, or the last one after max_retries
+        retries; and how many retries it took."""
+        retries = 0
+        while True:
+            result = await self._attempt(key, items)
+            if result.verdict is not Verdict.RETRYABLE or retries >= self._max_retries:
+                return result, retries
+            self._metrics.retries.labels((result.retry_reason or RetryReason.NETWORK).value).inc()
+            delay = backoff_delay(
+                retries,
+                initial_s=self._backoff_initial_s,
+                max_s=self._backoff_max_s,
+                retry_after=result.retry_after,
+                rng=self._rng,
+            )
+            log.debug("retrying %d events in %.3fs: %s", len(items), delay, result.reason)
+            # Sleeping outside the in-flight slot: a batch waiting to retry never blocks
+            # other batches (and so other partitions).
+            await self._sleep(delay)
+            retries += 1
+
+    async def _attempt(self, key: BatchKey, items: Sequence[PendingEvent]) -> Classification:
+        """One request that TikTok did not refuse for the token: sent again (without
+        counting as a retry) after a halt is lifted."""
+        while True:
+            token = await self._usable_token()
+            async with self._slots:
+                await self._limiter.acquire()
+                if not self._resumed.is_set() or token is not self._token:
+                    continue  # halted, or the token changed, while this one waited
+                result = await self._client.send(key, items, token)
+            if result.verdict is not Verdict.FATAL:
+                return result
+            self._halt(result.reason, token)
+
+    # -- halting on token and permission errors (loop thread) ---------------------------
+
+    async def _usable_token(self) -> Secret:
+        while not self._resumed.is_set():
+            await self._resumed.wait()
+        if self._token is None:  # resumed is only ever set with a token in place
+            raise RuntimeError("sender resumed without a token")
+        return self._token
+
+    async def _load_first_token(self) -> None:
+        token = self._read_token()
+        if token is None:
+            self._enter_halt(f"no usable access token in {self._access_token.source()}", None)
+        else:
+            self._token = token
+            self._resumed.set()
+            self._metrics.sink_fatal.set(0)
+
+    def _halt(self, reason: str, token: Secret) -> None:
+        if token is not self._token or not self._resumed.is_set():
+            return  # an answer to the old token after a rotation, or already halted
+        self._enter_halt(reason, token)
+
+    def _enter_halt(self, reason: str, failed: Secret | None) -> None:
+        self._resumed.clear()
+        self._set_halted(reason)
+        log.error(
+            "delivery halted: %s; re-reading the token from %s every %gs",
+            reason,
+            self._access_token.source(),
+            self._token_check_interval_s,
+        )
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_token(failed))
+
+    async def _watch_token(self, failed: Secret | None) -> None:
+        """Resume once the token source holds a token other than the refused one (a
+        token from the environment never changes: halted until restart)."""
+        while True:
+            current = self._read_token()
+            if current is not None and current != failed:
+                self._token = current
+                self._set_halted(None)
+                self._resumed.set()
+                log.warning("a new access token was loaded: delivery resumed")
+                return
+            await self._sleep(self._token_check_interval_s)
+
+    def _read_token(self) -> Secret | None:
+        token = self._access_token.current()
+        if token is not None and not is_sendable(token):
+            log.error(
+                "the access token in %s cannot be sent in a header", self._access_token.source()
+            )
+            return None
+        return token
+
+    def _set_halted(self, reason: str | None) -> None:
+        with self._lock:
+            self._halted = reason
+        self._metrics.sink_fatal.set(0 if reason is None else 1)
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _reject(self, items: Sequence[PendingEvent], reason: str, tally: _Tally) -> None:
+        tally.rejected.extend((item, reason) for item in items)
+        self._count_sent(items, "rejected")
+        # The reason itself goes to the dead letter; the log keeps to what is safe to
+        # repeat (TikTok's messages may quote event values).
+        log.warning("%d event(s) rejected for good: %s", len(items), reason.split(":", 1)[0][:80])
+
+    def _count_sent(self, items: Sequence[PendingEvent], outcome: str) -> None:
+        for event, count in Counter(item.event.event for item in items).items():
+            self._metrics.events_sent.labels(event, outcome).inc(count)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _split(
+    items: Sequence[PendingEvent], rejection: Classification, tally: _Tally
+) -> list[tuple[Sequence[PendingEvent], bool]]:
+    """Parts to send instead of a rejected batch, each flagged when it is the one event
+    the rejection named. One bad event fails the whole request, so isolating the named
+    event costs 2 requests per bad event where halving costs about 2·log2(n)."""
+    index = rejection.event_index() if tally.trust_hints else None
+    if index is not None and 0 <= index < len(items) and len(items) > 2:
+        rest = [*items[:index], *items[index + 1 :]]
+        return [([items[index]], True), (rest, False)]
+    middle = len(items) // 2
+    return [(items[:middle], False), (items[middle:], False)]
+
+
+def _check_delivery(delivery: DeliveryConfig) -> None:
+    problems = []
+    if delivery.max_in_flight < 1:
+        problems.append("max_in_flight must be at least 1")
+    if not delivery.max_requests_per_s > 0:
+        problems.append("max_requests_per_s must be above 0")
+    if delivery.max_retries < 0:
+        problems.append("max_retries must be 0 or more")
+    if not 0 <= delivery.backoff_initial_ms <= delivery.backoff_max_ms:
+        problems.append("backoff_initial_ms must be between 0 and backoff_max_ms")
+    if not delivery.request_timeout_s > 0:
+        problems.append("request_timeout_s must be above 0")
+    if problems:
+        raise ValueError("delivery: " + "; ".join(problems))

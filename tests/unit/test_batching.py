@@ -1,0 +1,68 @@
+"""Per-pixel batching by count and linger time."""
+
+from __future__ import annotations
+
+import pytest
+
+from processor.batching import Batcher
+from processor.mapping import MappedEvent
+from processor.payload import BatchKey
+
+
+def event(pixel: str = "PIXEL000A", test: str | None = None, n: int = 0) -> MappedEvent:
+    payload = {"event": "ViewContent", "event_time": 1_767_225_600, "event_id": str(n)}
+    return MappedEvent("m", pixel, test, payload)
+
+
+def test_batch_closes_at_max_events() -> None:
+    b = Batcher(max_events=3, linger_s=10)
+    assert b.add("r1", event(n=1), 0.0) is None
+    assert b.add("r2", event(n=2), 0.0) is None
+    full = b.add("r3", event(n=3), 0.0)
+    assert full is not None
+    assert [i.ref for i in full.items] == ["r1", "r2", "r3"]
+    assert b.buffered == 0
+
+
+def test_batches_are_kept_apart_by_pixel_and_test_code() -> None:
+    b = Batcher(max_events=1000, linger_s=0.2)
+    b.add(1, event("PIXEL000A"), 0.0)
+    b.add(2, event("PIXEL000B"), 0.0)
+    b.add(3, event("PIXEL000A", "TEST1"), 0.1)
+    assert b.due(0.15) == []
+    due = b.due(0.2)
+    assert {x.key for x in due} == {BatchKey("PIXEL000A", None), BatchKey("PIXEL000B", None)}
+    assert b.next_due() == pytest.approx(0.3)
+    assert [x.key for x in b.flush()] == [BatchKey("PIXEL000A", "TEST1")]
+    assert b.buffered == 0
+    assert b.next_due() is None
+
+
+def test_discard_drops_events_of_revoked_partitions() -> None:
+    b = Batcher(max_events=1000, linger_s=1)
+    for ref in ("keep-1", "drop-1", "keep-2", "drop-2"):
+        b.add(ref, event(), 0.0)
+    b.add("drop-3", event("PIXEL000B"), 0.0)
+    dropped = b.discard(lambda ref: ref.startswith("keep"))
+    assert sorted(d.ref for d in dropped) == ["drop-1", "drop-2", "drop-3"]
+    assert b.buffered == 2
+    (left,) = b.flush()
+    assert [i.ref for i in left.items] == ["keep-1", "keep-2"]
+
+
+def test_split_halves_a_batch() -> None:
+    b = Batcher(max_events=5, linger_s=1)
+    full = None
+    for n in range(5):
+        full = b.add(n, event(n=n), 0.0)
+    assert full is not None
+    left, right = full.split()
+    assert [i.ref for i in left.items] == [0, 1]
+    assert [i.ref for i in right.items] == [2, 3, 4]
+
+
+def test_invalid_settings() -> None:
+    with pytest.raises(ValueError, match="max_events"):
+        Batcher(max_events=1001)
+    with pytest.raises(ValueError, match="linger"):
+        Batcher(linger_s=-1)
