@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## Runs the main job on a local default: broker, sandbox, sample clickstream, processor, metrics.
-demo: install
+demo: install kafka-fetch
 	$(PY) -m devkit.demo
 
 ## The whole suite, as CI runs it.

@@ -466,7 +466,7 @@ class Processor:
 
     def _revoked(self, partitions: list[TopicPartition]) -> None:
         trackers = [t for t in (self._offsets.get(tp) for tp in partitions) if t is not None]
-        self._drain(lambda: all(t.pending() == 0 for t in trackers), self._delivery.drain_timeout_s)
+        self._drain(lambda: all(t.pending() == 0 for t in trackers), self._drain_timeout())
         # Synchronously, even if an asynchronous commit of the same position may
         # be on its way: the next owner starts from what the broker has. (Not again
         # when leaving after a confirmed final commit.)
@@ -504,6 +504,11 @@ class Processor:
         dropped = self._batcher.discard(lambda ref: ref.tracker.active)
         self._outstanding_events -= len(dropped)
         self._metrics.assigned_partitions.set(len(self._offsets))
+
+    def _drain_timeout(self) -> float:
+        # A halted sender completes nothing until the token changes: waiting for it
+        # would only hold up the rebalance or the stop.
+        return 0.0 if self._sender.halted else self._delivery.drain_timeout_s
 
     def _drain(self, done: Callable[[], bool], timeout: float, *, serve: bool = False) -> bool:
         """Flush every batch and serve completions until ``done()`` or ``timeout``.

@@ -137,7 +137,8 @@ class DeliveryConfig:
     max_in_flight: int = 8
     max_buffered_events: int = 20_000
     max_requests_per_s: float = 15.0
-    max_retries: int = 8
+    # None: retry until delivered (an outage pauses consumption; nothing is dead-lettered).
+    max_retries: int | None = None
     backoff_initial_ms: int = 200
     backoff_max_ms: int = 30_000
     request_timeout_s: float = 10.0

@@ -41,7 +41,9 @@ other than http(s)
 
 - *retry*: exponential backoff with full jitter (``backoff_initial_ms`` doubling, capped
   at ``backoff_max_ms``), at least the server's ``Retry-After``; a waiting request holds
-  no in-flight slot. After ``max_retries`` retries its events are rejected as
+  no in-flight slot. Without ``max_retries`` it retries until delivered (an outage
+  pauses the pipeline through backpressure); with it, after that many retries its
+  events are rejected as
   ``gave up after N retries: <last reason>``.
 - *bisect*: one bad event fails the whole request. A single event is rejected with
   TikTok's code and message; a larger batch is split (the event the message names as

@@ -14,7 +14,8 @@ How one submitted batch travels (all on the loop thread)::
                                                                ─► TikTokClient.send
                               delivered   → accepted
                               retryable   → sleep (no slot held), again; after
-                                            max_retries → rejected "gave up after N retries: …"
+                                            max_retries (if set) → rejected
+                                            "gave up after N retries: …"
                               bad payload → one event: rejected with TikTok's message;
                                             more: split (the event TikTok names, or halves),
                                             each part again from the top
@@ -323,7 +324,9 @@ class Sender:
         retries = 0
         while True:
             result = await self._attempt(key, items)
-            if result.verdict is not Verdict.RETRYABLE or retries >= self._max_retries:
+            if result.verdict is not Verdict.RETRYABLE or (
+                self._max_retries is not None and retries >= self._max_retries
+            ):
                 return result, retries
             self._metrics.retries.labels((result.retry_reason or RetryReason.NETWORK).value).inc()
             delay = backoff_delay(
@@ -457,7 +460,7 @@ def _check_delivery(delivery: DeliveryConfig) -> None:
         problems.append("max_in_flight must be at least 1")
     if not delivery.max_requests_per_s > 0:
         problems.append("max_requests_per_s must be above 0")
-    if delivery.max_retries < 0:
+    if delivery.max_retries is not None and delivery.max_retries < 0:
         problems.append("max_retries must be 0 or more")
     if not 0 <= delivery.backoff_initial_ms <= delivery.backoff_max_ms:
         problems.append("backoff_initial_ms must be between 0 and backoff_max_ms")

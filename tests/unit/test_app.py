@@ -379,3 +379,15 @@ def test_events_mapped_and_consumed_are_counted(offsets: list[int]) -> None:
     h.turn(2)
     assert h.metrics.value("records_consumed_total", {"topic": "web.pageviews"}) == len(offsets)
     assert h.metrics.value("events_mapped_total", {"event": "ViewContent"}) == len(offsets)
+
+
+def test_a_revoke_while_halted_does_not_wait_for_the_drain_timeout() -> None:
+    h = harness(max_batch_events=1, drain_timeout_s=30.0)
+    h.source.feed = page_views(0, [0, 1])
+    h.turn(2)
+    h.sender.halted = "40105 access token is invalid"
+    h.turn()
+    before = h.processor._clock()  # the fake clock advances a second per read
+    h.source.revoke([TP0])  # waiting for the drain timeout would take 30 fake seconds
+    assert h.processor._clock() - before < 5
+    assert h.source.sync_commits[-1] == {TP0: 0}

@@ -562,6 +562,21 @@ def test_the_batch_is_given_up_after_max_retries() -> None:
     assert metrics.value("events_sent_total", {"event": "ViewContent", "outcome": "rejected"}) == 5
 
 
+def test_without_max_retries_an_outage_is_waited_out_and_nothing_rejected() -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(503) if len(calls) <= 40 else envelope(0, "OK")
+
+    with running(handler, max_retries=None) as sender:
+        sender.submit(a_batch(range(3)))
+        [done] = outcomes(sender, 1)
+    assert len(calls) == 41
+    assert accepted_refs([done]) == [0, 1, 2]
+    assert done.rejected == []
+
+
 def test_max_retries_zero_gives_up_at_once() -> None:
     with running(lambda r: envelope(50000, "System error"), max_retries=0) as sender:
         sender.submit(a_batch(range(2)))
