@@ -82,9 +82,9 @@ class BatchSender(Protocol):
 
 class RecordRef:
     """A consumed record while its events are on their way: how to ack it and
-    what its dead letter would carry."""
+    what its dead letter would carry (read from the message only if it is needed)."""
 
-    __slots__ = ("headers", "key", "offset", "source", "timestamp", "tracker", "value")
+    __slots__ = ("message", "offset", "source", "timestamp", "tracker")
 
     def __init__(
         self,
@@ -97,9 +97,7 @@ class RecordRef:
         self.tracker = tracker
         self.offset = offset
         self.timestamp = timestamp
-        self.key: bytes | None = message.key()
-        self.value: bytes | None = message.value()
-        self.headers = message_headers(message)
+        self.message = message
         self.source = source  # (topic, partition, offset) the event ids derive from
 
 
@@ -204,8 +202,11 @@ class Processor:
         self._halt_logged: str | None = None
         self._dead_letter_error: str | None = None
         self._final_commit_done = False
-        self._consumed = {t: metrics.records_consumed.labels(t) for t in transformer.topics}
-        self._filtered = {t: metrics.records_filtered.labels(t) for t in transformer.topics}
+        # Counted per turn and added to the metrics once per turn: a prometheus
+        # inc() takes a lock, too dear once per record.
+        self._consumed_now: dict[str, int] = {}
+        self._filtered_now: dict[str, int] = {}
+        self._mapped_now: dict[str, int] = {}
 
     # -- control ------------------------------------------------------------
 
@@ -260,12 +261,24 @@ class Processor:
         now = self._clock()
         for message in messages:
             self._handle(message, now)
+        self._flush_counts()
         if self._guard.tripped is not None:
             raise StopProcessing(f"dead-letter limit reached: {self._guard.tripped}")
         if self._dead_letter_error is not None:
             raise StopProcessing(self._dead_letter_error)
         if self._mode.stop_at_end and self._finished():
             self._stop_requested = True
+
+    def _flush_counts(self) -> None:
+        m = self._metrics
+        for counts, metric in (
+            (self._consumed_now, m.records_consumed),
+            (self._filtered_now, m.records_filtered),
+            (self._mapped_now, m.events_mapped),
+        ):
+            for label, n in counts.items():
+                metric.labels(label).inc(n)
+            counts.clear()
 
     def _poll_timeout(self, now: float) -> float:
         if self._outstanding_events or (
@@ -318,17 +331,17 @@ class Processor:
             int(message.partition() or 0),
             int(message.offset() or 0),
         )
-        tp = TopicPartition(topic, partition)
-        tracker = self._offsets.get(tp)
+        # A plain tuple equals the TopicPartition key: no NamedTuple built per record.
+        tracker = self._offsets.get((topic, partition))
         if tracker is None:  # not ours (any more): the new owner reads it
             return
-        self._at_end.discard(tp)
+        if self._mode.stop_at_end:
+            self._at_end.discard(tracker.tp)
         identity = (
             self._mode.identity(message) if self._mode.identity else (topic, partition, offset)
         )
         result = self._transformer.transform(identity[0], identity[1], identity[2], message.value())
-        counter = self._consumed.get(topic)
-        (counter or self._metrics.records_consumed.labels(topic)).inc()
+        self._consumed_now[topic] = self._consumed_now.get(topic, 0) + 1
         self.report.records += 1
         kind, stamp = message.timestamp()
         timestamp = stamp / 1000.0 if kind and stamp > 0 else now
@@ -336,12 +349,14 @@ class Processor:
         tracker.track(offset, work, timestamp)
         if not work:
             self.report.filtered += 1
-            (self._filtered.get(topic) or self._metrics.records_filtered.labels(topic)).inc()
+            self._filtered_now[topic] = self._filtered_now.get(topic, 0) + 1
             self._guard.observe(False)
             return
         ref = RecordRef(tracker, offset, timestamp, message, identity)
+        mapped = self._mapped_now
         for event in result.events:
-            self._metrics.events_mapped.labels(event.payload["event"]).inc()
+            name = event.payload["event"]
+            mapped[name] = mapped.get(name, 0) + 1
             self.report.events_mapped += 1
             self._outstanding_events += 1
             full = self._batcher.add(ref, event, now)
@@ -374,9 +389,10 @@ class Processor:
                 f"record {ref.source[0]}[{ref.source[1]}]@{ref.source[2]} rejected at {stage} "
                 f"({reason}) and no kafka.dead_letter_topic is configured"
             )
+        message = ref.message
         letter = DeadLetter(
-            ref.source[0], ref.source[1], ref.source[2], ref.key, ref.value, ref.headers,
-            stage, reason, mapping,
+            ref.source[0], ref.source[1], ref.source[2], message.key(), message.value(),
+            message_headers(message), stage, reason, mapping,
         )  # fmt: skip
 
         def written(error: str | None) -> None:

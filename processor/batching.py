@@ -54,7 +54,8 @@ class Batcher:
             raise ValueError("linger_s must be >= 0")
         self._max = max_events
         self._linger = linger_s
-        self._open: dict[BatchKey, Batch] = {}
+        # Keyed by BatchKey, looked up with plain (pixel, test code) tuples.
+        self._open: dict[tuple[str, str | None], Batch] = {}
         self._buffered = 0
 
     @property
@@ -64,14 +65,15 @@ class Batcher:
 
     def add(self, ref: Any, event: MappedEvent, now: float) -> Batch | None:
         """Add one event; returns the batch it filled, if it filled one."""
-        key = batch_key(event)
-        batch = self._open.get(key)
+        # A plain tuple equals its BatchKey: the NamedTuple is built for new batches only.
+        batch = self._open.get((event.pixel_code, event.test_event_code))
         if batch is None:
+            key = batch_key(event)
             batch = self._open[key] = Batch(key, [], now)
         batch.items.append(PendingEvent(ref, event))
         self._buffered += 1
         if len(batch.items) >= self._max:
-            del self._open[key]
+            del self._open[batch.key]
             self._buffered -= len(batch.items)
             return batch
         return None

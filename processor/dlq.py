@@ -159,11 +159,12 @@ class DeadLetterGuard:
         if len(recent) == recent.maxlen and recent[0]:
             self._dead_in_window -= 1
         recent.append(dead_lettered)
-        if dead_lettered:
-            self._dead_in_window += 1
-            self._consecutive += 1
-        else:
+        if not dead_lettered:
+            # A record that went through never raises the ratio nor the run.
             self._consecutive = 0
+            return self.tripped
+        self._dead_in_window += 1
+        self._consecutive += 1
         if self.tripped is None:
             self.tripped = self._check(reason)
         return self.tripped

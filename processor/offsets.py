@@ -109,7 +109,8 @@ class OffsetTracker:
     """The trackers of every partition this member owns."""
 
     def __init__(self) -> None:
-        self._partitions: dict[TopicPartition, PartitionTracker] = {}
+        # Keyed by TopicPartition; plain (topic, partition) tuples find the same entry.
+        self._partitions: dict[tuple[str, int], PartitionTracker] = {}
 
     def assign(self, tp: TopicPartition) -> PartitionTracker:
         """A fresh tracker for a newly assigned partition (any old one is fenced off)."""
@@ -124,7 +125,7 @@ class OffsetTracker:
             tracker.active = False
         return tracker
 
-    def get(self, tp: TopicPartition) -> PartitionTracker | None:
+    def get(self, tp: tuple[str, int]) -> PartitionTracker | None:
         return self._partitions.get(tp)
 
     def __iter__(self) -> Iterator[PartitionTracker]:
@@ -139,15 +140,15 @@ class OffsetTracker:
     def to_commit(self) -> dict[TopicPartition, int]:
         """Positions that moved since the last commit."""
         out = {}
-        for tp, tracker in self._partitions.items():
+        for tracker in self._partitions.values():
             position = tracker.to_commit()
             if position is not None:
-                out[tp] = position
+                out[tracker.tp] = position
         return out
 
     def positions(self) -> dict[TopicPartition, int]:
         """Every partition's current position (for the final, synchronous commit)."""
-        return {tp: p for tp, t in self._partitions.items() if (p := t.position()) is not None}
+        return {t.tp: p for t in self._partitions.values() if (p := t.position()) is not None}
 
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:
         for tp, position in positions.items():
