@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test lint unit integration kafka-fetch kafka-up kafka-down kafka-status bench sandbox clean
+.PHONY: install demo test lint unit integration tools kafka-fetch kafka-up kafka-down kafka-status bench sandbox clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,7 @@ demo: install kafka-fetch
 	$(PY) -m devkit.demo
 
 ## The whole suite, as CI runs it.
-test: install kafka-fetch lint
+test: install kafka-fetch tools lint
 	$(PY) -m pytest
 
 lint: install
@@ -29,8 +29,12 @@ lint: install
 unit: install
 	$(PY) -m pytest tests/unit
 
-integration: install kafka-fetch
+integration: install kafka-fetch tools
 	$(PY) -m pytest tests/integration
+
+## The pinned checkers of the alert rules and metrics (promtool), into .cache/tools/ (once).
+tools: install
+	$(PY) -m devkit.promtool fetch
 
 kafka-fetch: install
 	$(PY) -m devkit.kafka fetch
@@ -44,9 +48,11 @@ kafka-down: install
 kafka-status: install
 	$(PY) -m devkit.kafka status
 
-bench: install
+bench: install kafka-fetch
 	$(PY) bench/mapping.py
 	$(PY) bench/sandbox.py
+	$(PY) bench/sink.py
+	$(PY) bench/pipeline.py
 
 ## The TikTok-compatible sandbox on http://127.0.0.1:8080 (token: sandbox-token).
 sandbox: install

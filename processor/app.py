@@ -21,6 +21,9 @@ Delivery guarantees (DESIGN §3):
   trackers fenced so late completions change nothing;
 - on stop (SIGTERM/SIGINT): no new records, batches flushed, in-flight work
   waited for up to the drain timeout, offsets committed, the group left.
+
+Readiness (``/readyz``): not halted, the Kafka brokers reachable (see
+:class:`BrokerHealth`), and partitions assigned.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from processor.batching import Batch, Batcher, PendingEvent
 from processor.config import Config
@@ -48,6 +53,10 @@ CONSUME_BATCH = 500
 GAUGE_INTERVAL_S = 2.0
 #: How long a stop waits for the broker to confirm the final commit, seconds.
 FINAL_COMMIT_TIMEOUT_S = 10.0
+#: How often librdkafka reports statistics, ms: how an outage is seen to end.
+STATS_INTERVAL_MS = 5000
+#: The readiness reason of a member without partitions (``--workers`` tells it apart).
+NO_PARTITIONS = "no partitions assigned"
 
 
 class BatchOutcome(Protocol):
@@ -153,6 +162,69 @@ def dead_letter_identity(message: Message) -> tuple[str, int, int]:
 SourceFactory = Callable[..., Source]
 
 
+class BrokerHealth:
+    """Whether the Kafka brokers answer, for ``/readyz``.
+
+    librdkafka reports ``_ALL_BROKERS_DOWN`` (and ``_TRANSPORT`` for each failed
+    connection) through its error callback, not through ``consume()``, and never
+    says that a broker came back. So an outage starts with that error and ends
+    with the next sign that a broker answers: a record, an assignment, or a
+    statistics report with a broker connection up. Both callbacks run inside
+    ``consume()``, on the poll thread.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.down: str | None = None
+        self.fatal: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The consumer settings that route librdkafka's errors and statistics here."""
+        return {
+            "error_cb": self.error,
+            "stats_cb": self.stats,
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+        }
+
+    def error(self, error: KafkaError) -> None:
+        code = error.code()
+        if error.fatal():
+            kind, self.fatal = "fatal", error.str()
+        elif code == KafkaError._ALL_BROKERS_DOWN:
+            kind = "all_brokers_down"
+        elif code == KafkaError._TRANSPORT:
+            kind = "transport"
+        else:
+            kind = "other"
+        self._metrics.kafka_errors.labels(kind).inc()
+        if kind == "all_brokers_down":
+            if self.down is None:
+                log.error("Kafka unreachable: %s", error.str(), extra={"code": error.name()})
+            self.down = f"Kafka brokers unreachable: {error.str()}"
+        elif kind == "transport":
+            # librdkafka logs every failed connection itself (one broker may be down
+            # while the others serve): not an outage on its own.
+            log.debug("Kafka connection error: %s", error.str())
+        else:
+            log.warning("Kafka client error: %s", error.str(), extra={"code": error.name()})
+
+    def stats(self, raw: str) -> None:
+        if self.down is None:
+            return
+        try:
+            brokers = orjson.loads(raw).get("brokers") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if any(isinstance(b, dict) and b.get("state") == "UP" for b in brokers.values()):
+            self.answered()
+
+    def answered(self) -> None:
+        """A broker answered: any outage is over."""
+        if self.down is not None:
+            self.down = None
+            log.warning("Kafka reachable again")
+
+
 class Processor:
     """One consumer group member's pipeline."""
 
@@ -182,6 +254,10 @@ class Processor:
             max_events=self._delivery.max_batch_events, linger_s=self._delivery.linger_ms / 1000
         )
         self._guard = DeadLetterGuard(config.dead_letter)
+        self._broker = BrokerHealth(metrics)
+        extra = self._broker.settings()
+        if self._mode.stop_at_end:
+            extra["enable.partition.eof"] = True
         self._source = source_factory(
             config.kafka,
             list(topics or transformer.topics),
@@ -189,7 +265,7 @@ class Processor:
             on_revoke=self._revoked,
             on_lost=self._lost,
             on_commit_failed=self._commit_failed,
-            extra={"enable.partition.eof": True} if self._mode.stop_at_end else None,
+            extra=extra,
         )
         self._outstanding_events = 0
         self._stop_requested = False
@@ -216,12 +292,15 @@ class Processor:
 
     @property
     def ready(self) -> tuple[bool, str]:
-        """Partitions assigned and not halted (for ``/readyz``)."""
+        """Not halted, the brokers reachable, partitions assigned (for ``/readyz``)."""
         halted = self._sender.halted
         if halted:
             return False, f"halted: {halted}"
+        down = self._broker.down
+        if down:
+            return False, down
         if not self._source.assignment:
-            return False, "no partitions assigned"
+            return False, NO_PARTITIONS
         return True, "ok"
 
     def run(self) -> int:
@@ -258,6 +337,8 @@ class Processor:
         self._backpressure()
         self._gauges(now)
         messages = self._source.consume(CONSUME_BATCH, self._poll_timeout(now))
+        if messages and self._broker.down is not None:
+            self._broker.answered()
         now = self._clock()
         for message in messages:
             self._handle(message, now)
@@ -266,6 +347,8 @@ class Processor:
             raise StopProcessing(f"dead-letter limit reached: {self._guard.tripped}")
         if self._dead_letter_error is not None:
             raise StopProcessing(self._dead_letter_error)
+        if self._broker.fatal is not None:
+            raise StopProcessing(f"fatal Kafka error: {self._broker.fatal}")
         if self._mode.stop_at_end and self._finished():
             self._stop_requested = True
 
@@ -324,7 +407,7 @@ class Processor:
                 return
             if error.fatal():
                 raise StopProcessing(f"fatal Kafka error: {error}")
-            log.warning("consumer error: %s", error)
+            log.warning("consumer error: %s", error, extra={"code": error.name()})
             return
         topic, partition, offset = (
             str(message.topic()),
@@ -476,9 +559,10 @@ class Processor:
     def _assigned(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._offsets.assign(tp)
+        self._broker.answered()
         self._metrics.rebalances.labels("assigned").inc(len(partitions))
         self._metrics.assigned_partitions.set(len(self._offsets))
-        log.info("partitions assigned: %s", _names(partitions))
+        log.info("partitions assigned: %s", _names(partitions), extra=_fields(partitions))
 
     def _revoked(self, partitions: list[TopicPartition]) -> None:
         trackers = [t for t in (self._offsets.get(tp) for tp in partitions) if t is not None]
@@ -505,18 +589,20 @@ class Processor:
             _names(partitions),
             {f"{tp.topic}[{tp.partition}]": p for tp, p in positions.items()},
             f"; {undone} records left to the next owner" if undone else "",
+            extra={**_fields(partitions), "left_to_next_owner": undone},
         )
 
     def _lost(self, partitions: list[TopicPartition]) -> None:
         # Another member may own them already: commit nothing, fence everything.
         self._forget(partitions)
         self._metrics.rebalances.labels("lost").inc(len(partitions))
-        log.warning("partitions lost: %s", _names(partitions))
+        log.warning("partitions lost: %s", _names(partitions), extra=_fields(partitions))
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._offsets.revoke(tp)
             self._at_end.discard(tp)
+            self._metrics.forget_partition(tp.topic, tp.partition)
         dropped = self._batcher.discard(lambda ref: ref.tracker.active)
         self._outstanding_events -= len(dropped)
         self._metrics.assigned_partitions.set(len(self._offsets))
@@ -572,6 +658,13 @@ class Processor:
             self.report.filtered,
             self.report.events_accepted,
             self.report.rejected or "none",
+            extra={
+                "records": self.report.records,
+                "filtered": self.report.filtered,
+                "events_mapped": self.report.events_mapped,
+                "events_accepted": self.report.events_accepted,
+                "rejected": self.report.rejected,
+            },
         )
         return 1 if reason else 0
 
@@ -582,3 +675,12 @@ class Processor:
 
 def _names(partitions: Sequence[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none"
+
+
+def _fields(partitions: Sequence[TopicPartition]) -> dict[str, Any]:
+    """Structured log fields of a rebalance (JSON keys)."""
+    return {
+        "topics": sorted({tp.topic for tp in partitions}),
+        "partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions],
+        "count": len(partitions),
+    }

@@ -127,7 +127,13 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from processor import runner  # noqa: PLC0415 - Kafka and httpx load only for the jobs that use them
 
-    return runner.run_workers(args.config, args.workers, args.log_format, args.log_level)
+    return runner.run_workers(
+        args.config,
+        args.workers,
+        args.log_format,
+        args.log_level,
+        progress_interval_s=args.progress_interval,
+    )
 
 
 def cmd_replay_dlq(args: argparse.Namespace) -> int:
@@ -198,12 +204,6 @@ def cmd_produce_sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_sandbox(args: argparse.Namespace) -> int:
-    from processor import sandbox  # noqa: PLC0415 - the dev server is not loaded by other commands
-
-    return sandbox.main(args.sandbox_args)
-
-
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -256,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive, default=1, help="processes in the consumer group (default 1)"
     )
     _logging_args(run)
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --log-format text, a progress line this often (default 10; 0: none)",
+    )
     run.set_defaults(func=cmd_run)
 
     replay = sub.add_parser(
@@ -286,14 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--json", action="store_true", help="print the summary as JSON")
     sample.set_defaults(func=cmd_produce_sample)
 
-    box = sub.add_parser("sandbox", help="run the TikTok-compatible sandbox server", add_help=False)
-    box.add_argument("sandbox_args", nargs=argparse.REMAINDER)
-    box.set_defaults(func=cmd_sandbox)
+    # Listed for --help; main() hands `sandbox …` to the sandbox's own parser.
+    sub.add_parser("sandbox", help="run the TikTok-compatible sandbox server (sandbox --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["sandbox"]:
+        # The sandbox parses its own options; argparse.REMAINDER would drop the ones
+        # that come first (bpo-17050), so they are handed over untouched.
+        from processor import sandbox  # noqa: PLC0415 - the dev server is not loaded by other commands
+
+        return sandbox.main(arguments[1:])
+    args = build_parser().parse_args(arguments)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

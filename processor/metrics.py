@@ -6,15 +6,26 @@ names from the configuration, outcomes, stages, code classes, partitions), never
 from record data, URLs or ids. Metrics take a ``registry`` so tests build a fresh
 ``CollectorRegistry()`` and read samples with ``registry.get_sample_value``.
 
+With ``--workers N`` the processes share one set of numbers through
+prometheus-client's multiprocess mode: each worker writes its values to files in
+a directory the parent makes (:func:`enable_multiprocess`), and the parent serves
+their aggregate (:func:`multiprocess_registry`). Counters and histograms add up;
+each gauge says how its workers' values combine (``multiprocess_mode``: the sum of
+live workers for amounts, the maximum for flags and ages), and a worker that
+exits stops counting in the gauges (:func:`mark_worker_dead`).
+
 This is the only module that imports ``prometheus_client``.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Literal, TypeAlias
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,25 +35,47 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client import multiprocess as _multiprocess
 
 PREFIX: Final = "tiktok_events"
 
 #: The ``outcome`` label of requests: how TikTok's answer was classified.
 REQUEST_OUTCOMES: Final = ("success", "partial", "retryable", "bad_payload", "fatal")
+#: The ``outcome`` label of events sent.
+EVENT_OUTCOMES: Final = ("accepted", "rejected")
+#: The ``kind`` label of Kafka client errors (librdkafka's error callback).
+KAFKA_ERROR_KINDS: Final = ("all_brokers_down", "transport", "fatal", "other")
+#: The ``kind`` label of rebalances.
+REBALANCE_KINDS: Final = ("assigned", "revoked", "lost")
+
+#: The environment variable that switches prometheus-client to multiprocess mode.
+MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+GaugeMode = Literal["livesum", "livemax"]
+#: What :class:`MetricsServer` serves: a worker's own metrics or the workers' aggregate.
+Registry: TypeAlias = CollectorRegistry
 
 
 class Metrics:
     """The processor's metrics, registered in ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, multiprocess: bool = False
+    ) -> None:
+        """``multiprocess``: this is one of several worker processes (see
+        :func:`enable_multiprocess`); the values go to the shared directory."""
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(f"{PREFIX}_{name}", doc, labels, registry=r)
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
-            return Gauge(f"{PREFIX}_{name}", doc, labels, registry=r)
+        def gauge(
+            name: str, doc: str, labels: tuple[str, ...] = (), *, workers: GaugeMode
+        ) -> Gauge:
+            # ``workers``: how the values of --workers processes combine (multiprocess mode);
+            # a worker that exits stops counting (the "live" modes).
+            return Gauge(f"{PREFIX}_{name}", doc, labels, registry=r, multiprocess_mode=workers)
 
         # Source and transform.
         self.records_consumed = counter("records_consumed", "Records read from Kafka.", ("topic",))
@@ -86,35 +119,129 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
             registry=r,
         )
-        self.in_flight_requests = gauge("in_flight_requests", "Requests being sent now.")
+        self.in_flight_requests = gauge(
+            "in_flight_requests", "Requests being sent now.", workers="livesum"
+        )
         self.buffered_events = gauge(
             "buffered_events",
             "Events mapped and not yet finished (batched, in flight or retrying).",
+            workers="livesum",
         )
         self.sink_fatal = gauge(
             "sink_fatal",
             "1 while delivery is halted by a token or permission error (40001, 40102-40105).",
+            workers="livemax",
         )
         # Consumer and offsets.
-        self.paused = gauge("paused", "1 while consumption is paused (backpressure or halt).")
+        self.paused = gauge(
+            "paused", "1 while consumption is paused (backpressure or halt).", workers="livemax"
+        )
         self.assigned_partitions = gauge(
-            "assigned_partitions", "Partitions assigned to this member."
+            "assigned_partitions", "Partitions assigned (to all workers).", workers="livesum"
         )
         self.consumer_lag = gauge(
-            "consumer_lag", "High watermark minus the next offset to read.", ("topic", "partition")
+            "consumer_lag",
+            "Records behind on an assigned partition: its high watermark minus the next "
+            "offset to read.",
+            ("topic", "partition"),
+            workers="livesum",
         )
         self.oldest_unfinished_age = gauge(
             "oldest_unfinished_age_seconds",
             "Age of the oldest record not yet done (what holds the committed offset back).",
+            workers="livemax",
         )
-        self.commits = counter("commits", "Offset commits that succeeded.")
+        self.commits = counter(
+            "commits",
+            "Offset commits made (an asynchronous one counts when it is sent; the broker's "
+            "refusals are counted in commit_failures_total).",
+        )
         self.commit_failures = counter("commit_failures", "Offset commits that failed.")
-        self.rebalances = counter("rebalances", "Partitions assigned or revoked.", ("kind",))
+        self.rebalances = counter(
+            "rebalances", "Partitions assigned, revoked or lost, by kind.", ("kind",)
+        )
+        self.kafka_errors = counter(
+            "kafka_errors",
+            "Errors the Kafka client reported: all_brokers_down, transport (one broker "
+            "connection), fatal, other.",
+            ("kind",),
+        )
+        self._multiprocess = multiprocess
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """A partition is no longer assigned here: its lag stops counting."""
+        child = self.consumer_lag.labels(topic, str(partition))
+        child.set(0)
+        if not self._multiprocess:
+            # Removing series is not supported in multiprocess mode: there the 0 stays,
+            # and the owner's value is what the sum shows.
+            self.consumer_lag.remove(topic, str(partition))
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
-        """A sample's current value (0.0 when absent), for tests and the progress log."""
+        """A sample's current value (0.0 when absent), for tests."""
         sample = self.registry.get_sample_value(f"{PREFIX}_{name}", labels or {})
         return 0.0 if sample is None else sample
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The totals the progress log prints, summed over every label (and worker)."""
+
+    records: float = 0.0
+    accepted: float = 0.0
+    retries: float = 0.0
+    lag: float = 0.0
+    in_flight: float = 0.0
+    buffered: float = 0.0
+    halted: bool = False
+    paused: bool = False
+
+
+def snapshot(registry: CollectorRegistry) -> Snapshot:
+    """Read the progress totals from a worker's registry or the parent's aggregate."""
+    sums: dict[str, float] = {}
+    accepted = 0.0
+    for family in registry.collect():
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+            if sample.name == f"{PREFIX}_events_sent_total":
+                accepted += sample.value if sample.labels.get("outcome") == "accepted" else 0.0
+
+    def total(name: str) -> float:
+        return sums.get(f"{PREFIX}_{name}", 0.0)
+
+    return Snapshot(
+        records=total("records_consumed_total"),
+        accepted=accepted,
+        retries=total("retries_total"),
+        lag=total("consumer_lag"),
+        in_flight=total("in_flight_requests"),
+        buffered=total("buffered_events"),
+        halted=total("sink_fatal") > 0,
+        paused=total("paused") > 0,
+    )
+
+
+# -- --workers N: one set of numbers from several processes -------------------------------
+
+
+def enable_multiprocess(directory: Path) -> None:
+    """Make worker processes started from now on write their metrics to ``directory``
+    (an empty directory; prometheus-client reads the variable when it is imported,
+    which a spawned worker does afresh). Call in the parent, before starting them."""
+    os.environ[MULTIPROCESS_ENV] = str(directory)
+
+
+def multiprocess_registry(directory: Path) -> CollectorRegistry:
+    """A registry that reads every worker's files in ``directory`` at each scrape."""
+    registry = CollectorRegistry()
+    _multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return registry
+
+
+def mark_worker_dead(pid: int, directory: Path) -> None:
+    """A worker exited: its gauges stop counting (its counters stay, so totals never drop)."""
+    _multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
 Health = Callable[[], tuple[bool, str]]

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[TopicPartition]], None]
 
+#: How often the lag of paused partitions is asked of the broker, seconds.
+PAUSED_LAG_INTERVAL_S = 10.0
+
 __all__ = ["KafkaError", "Message", "Source", "dead_letter_producer", "message_headers"]
 
 
@@ -75,7 +78,8 @@ def dead_letter_producer(kafka: KafkaConfig) -> Producer:
         "linger.ms": 20,
     }
     settings.update(kafka.librdkafka_settings())
-    return Producer(settings)
+    # Its librdkafka lines go through logging too (JSON lines stay JSON lines).
+    return Producer(settings, logger=log)
 
 
 def message_headers(message: Message) -> list[tuple[str, bytes | None]]:
@@ -116,6 +120,8 @@ class Source:
         self.paused = False
         self._commit_results = 0
         self._last_commit_ok = True
+        self._paused_lag_at = 0.0
+        self._last_lag: dict[TopicPartition, int] = {}
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -223,8 +229,15 @@ class Source:
         self._consumer.consume(num_messages=100, timeout=timeout)
 
     def lag(self) -> dict[TopicPartition, int]:
-        """High watermark minus position, from cached fetch metadata (no broker call)."""
+        """High watermark minus position. Fetched partitions use the watermark cached
+        from fetch responses (no broker call); paused ones fetch nothing, so their
+        watermark is asked of the broker, at most every ``PAUSED_LAG_INTERVAL_S``,
+        or the lag would stand still exactly when it grows."""
         out: dict[TopicPartition, int] = {}
+        now = time.monotonic()
+        ask_broker = bool(self._paused) and now - self._paused_lag_at >= PAUSED_LAG_INTERVAL_S
+        if ask_broker:
+            self._paused_lag_at = now
         tps = [KafkaTopicPartition(tp.topic, tp.partition) for tp in self._assigned]
         if not tps:
             return out
@@ -233,12 +246,21 @@ class Source:
         except KafkaException:
             return out
         for p in positions:
+            tp = TopicPartition(p.topic, p.partition)
+            if tp in self._paused and not ask_broker:
+                if tp in self._last_lag:
+                    out[tp] = self._last_lag[tp]
+                continue
             try:
-                _low, high = self._consumer.get_watermark_offsets(p, cached=True)
+                if tp in self._paused:
+                    _low, high = self._consumer.get_watermark_offsets(p, timeout=1.0, cached=False)
+                else:
+                    _low, high = self._consumer.get_watermark_offsets(p, cached=True)
             except KafkaException:
                 continue
             if high >= 0 and p.offset != OFFSET_INVALID and p.offset >= 0:
-                out[TopicPartition(p.topic, p.partition)] = max(0, high - p.offset)
+                out[tp] = max(0, high - p.offset)
+        self._last_lag = out
         return out
 
     def close(self) -> None:

@@ -192,3 +192,17 @@ def test_missing_config_file_is_one_clear_line() -> None:
     done = cli("check-config", "does/not/exist.yaml")
     assert done.returncode == 1
     assert "does/not/exist.yaml: cannot read" in done.stderr
+
+
+def test_sandbox_subcommand_takes_its_options_in_any_order() -> None:
+    command = [sys.executable, "-m", "processor", "sandbox", "--host", "127.0.0.1", "--port", "0"]
+    with subprocess.Popen(
+        [*command, "--token", "t-1"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert "sandbox listening on http://127.0.0.1:" in process.stdout.readline()
+        finally:
+            process.terminate()
+            process.wait(10)
+    assert cli("sandbox", "--faults", "nonsense=1").returncode == 2
