@@ -32,8 +32,9 @@ unit: install
 integration: install kafka-fetch tools
 	$(PY) -m pytest tests/integration
 
-## The pinned checkers of the alert rules and metrics (promtool), into .cache/tools/ (once).
+## The pinned checkers of the deployment artifacts and alert rules, into .cache/tools/ (once).
 tools: install
+	$(PY) -m devkit.helm fetch helm hadolint
 	$(PY) -m devkit.promtool fetch
 
 kafka-fetch: install
