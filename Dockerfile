@@ -71,7 +71,8 @@ RUN python -m compileall -q /app/processor
 
 USER ${APP_UID}:${APP_GID}
 
-# Metrics, /healthz (liveness) and /readyz (readiness) of worker 0; worker N serves port 9464+N.
+# /metrics, /healthz (liveness) and /readyz (readiness) for every worker of the container:
+# with --workers N the parent process serves them all on this one port.
 EXPOSE 9464
 
 # No curl in the slim image: the standard library asks /healthz (any non-2xx answer or
