@@ -33,37 +33,15 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.sandbox_process import TOKEN, cpu_seconds, sandbox_process  # noqa: E402
+from bench.sandbox_process import PIXEL, TOKEN, cpu_seconds, sandbox_process, tiktok_event  # noqa: E402
 
-PIXEL = "D34FV3JC77U1PDQ72P1G"
 TRACK = "/open_api/v1.3/event/track/"
-SHA = "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"
 MARK = b"@RUN@"
 
 
 def template(events: int) -> bytes:
     """A request body whose event_ids contain MARK, replaced per request to stay unique."""
-    data = [
-        {
-            "event": "ViewContent",
-            "event_time": 1767225600,
-            "event_id": f"bench-{MARK.decode()}-{i}",
-            "user": {
-                "email": SHA,
-                "ip": "203.0.113.7",
-                "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
-                "ttp": "Qm4tZr8LwP2vN6cXy0HbJ3sKdAe",
-            },
-            "page": {"url": f"https://shop.example.com/p/sku-{i}?ttclid=E.C.P.v3Xk9QmZ"},
-            "properties": {
-                "content_type": "product",
-                "currency": "GBP",
-                "value": 49.99,
-                "contents": [{"content_id": f"sku-{i}", "price": 49.99, "quantity": 1}],
-            },
-        }
-        for i in range(events)
-    ]
+    data = [tiktok_event(f"bench-{MARK.decode()}-{i}", i, 1767225600) for i in range(events)]
     return orjson.dumps({"event_source": "web", "event_source_id": PIXEL, "data": data})
 
 

@@ -1,5 +1,5 @@
 """What the benchmarks that talk to the sandbox share: the sandbox in a child process
-(so its CPU is its own and measurable), and a process's CPU seconds."""
+(so its CPU is its own and measurable), a process's CPU seconds, and a typical event."""
 
 from __future__ import annotations
 
@@ -10,9 +10,35 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"  # noqa: S105 - the benchmark sandbox's own throwaway token
+PIXEL = "D34FV3JC77U1PDQ72P1G"
+#: SHA-256 of jane.doe@example.com: a hashed email as TikTok wants it.
+SHA = "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"
+
+
+def tiktok_event(event_id: str, i: int, event_time: int) -> dict[str, Any]:
+    """A ViewContent event of typical size, product ``i``."""
+    return {
+        "event": "ViewContent",
+        "event_time": event_time,
+        "event_id": event_id,
+        "user": {
+            "email": SHA,
+            "ip": "203.0.113.7",
+            "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+            "ttp": "Qm4tZr8LwP2vN6cXy0HbJ3sKdAe",
+        },
+        "page": {"url": f"https://shop.example.com/p/sku-{i}?ttclid=E.C.P.v3Xk9QmZ"},
+        "properties": {
+            "content_type": "product",
+            "currency": "GBP",
+            "value": 49.99,
+            "contents": [{"content_id": f"sku-{i}", "price": 49.99, "quantity": 1}],
+        },
+    }
 
 
 @contextmanager

@@ -35,7 +35,7 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.sandbox_process import TOKEN, cpu_seconds, sandbox_process  # noqa: E402
+from bench.sandbox_process import PIXEL, TOKEN, cpu_seconds, sandbox_process, tiktok_event  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -45,30 +45,6 @@ from processor.mapping import MappedEvent  # noqa: E402
 from processor.metrics import Metrics  # noqa: E402
 from processor.payload import BatchKey  # noqa: E402
 from processor.sink import Sender  # noqa: E402
-
-PIXEL = "D34FV3JC77U1PDQ72P1G"
-SHA = "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"
-
-
-def an_event(event_id: str, i: int, now: int) -> dict[str, Any]:
-    return {
-        "event": "ViewContent",
-        "event_time": now,
-        "event_id": event_id,
-        "user": {
-            "email": SHA,
-            "ip": "203.0.113.7",
-            "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
-            "ttp": "Qm4tZr8LwP2vN6cXy0HbJ3sKdAe",
-        },
-        "page": {"url": f"https://shop.example.com/p/sku-{i}?ttclid=E.C.P.v3Xk9QmZ"},
-        "properties": {
-            "content_type": "product",
-            "currency": "GBP",
-            "value": 49.99,
-            "contents": [{"content_id": f"sku-{i}", "price": 49.99, "quantity": 1}],
-        },
-    }
 
 
 def run(
@@ -105,7 +81,7 @@ def run(
         items = []
         for i in range(events):
             n = next(ids)
-            event = an_event(f"bench-{n}", i, now)
+            event = tiktok_event(f"bench-{n}", i, now)
             if i < bad_per_batch:
                 event["event_id"] = n  # a number: 40002, isolated by bisection
             items.append(PendingEvent(n, MappedEvent("bench", PIXEL, None, event)))
