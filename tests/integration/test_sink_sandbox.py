@@ -22,13 +22,13 @@ from processor.metrics import Metrics
 from processor.payload import BatchKey
 from processor.sandbox import Sandbox
 from processor.sink import BatchOutcome, Sender
+from tests.unit.test_sink import outcomes, wait_for
 
 PIXEL = "D34FV3JC77U1PDQ72P1G"
 # Distinctive, so a leak anywhere is found by a plain substring search.
 TOKEN = "tok-sandbox-3e9a41-never-log-me"
 NEW_TOKEN = "tok-sandbox-b07c55-rotated-never-log-me"
 SHA = "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"
-WAIT_S = 60.0  # generous: the machine is shared; a green run never waits this long
 
 
 def an_event(event_id: str, **fields: Any) -> dict[str, Any]:
@@ -104,26 +104,6 @@ def sending(
         yield sender
     finally:
         sender.close(5.0)
-
-
-def outcomes(sender: Sender, count: int, timeout: float = WAIT_S) -> list[BatchOutcome]:
-    done: list[BatchOutcome] = []
-    deadline = time.monotonic() + timeout
-    while len(done) < count:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            pytest.fail(f"only {len(done)} of {count} batches completed in {timeout}s")
-        sender.wait(min(left, 0.5))
-        done += sender.poll_completions()
-    return done
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        time.sleep(0.01)
 
 
 def stored_ids(sandbox: Sandbox, scope: str = "all") -> set[str]:

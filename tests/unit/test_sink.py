@@ -43,7 +43,7 @@ ENDPOINT = "https://tiktok.test/open_api/v1.3/event/track/"
 # Distinctive, so a leak anywhere is found by a plain substring search.
 TOKEN = "tok-5be1c0de-never-log-me"
 NEW_TOKEN = "tok-77aa00ff-rotated-never-log-me"
-WAIT_S = 30.0  # generous: the machine is shared and slow; tests never wait this long when green
+WAIT_S = 60.0  # generous: the machine is shared and slow; tests never wait this long when green
 
 Handler = (
     Callable[[httpx.Request], httpx.Response]
