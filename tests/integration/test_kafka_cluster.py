@@ -1,4 +1,4 @@
-"""Proof that the three-node KRaft cluster of devkit/kafka.py survives a crashed node.
+"""Proof that the three-node KRaft cluster of devkit/kafka/ survives a crashed node.
 
 With replication factor 3, min.insync.replicas 2, acks=all and an idempotent producer, a node
 killed with SIGKILL while records stream in must not lose a single acknowledged record, and the
