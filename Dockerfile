@@ -26,13 +26,22 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
-# Only the project metadata: the dependency layer is rebuilt when pyproject.toml changes, not on
-# every code change. The editable install points at /app, where the final stage puts the code,
-# so a placeholder package is all the build needs here.
+# The dependencies come from the lock alone (`make lock` writes it from pyproject.toml): every
+# release pinned, every file checked against its SHA-256, wheels only (the slim image has no
+# compiler), and --no-deps because the lock already lists the whole tree, so pip resolves
+# nothing. This layer is rebuilt only when the lock changes.
+COPY requirements.lock ./
+RUN pip install --no-deps --require-hashes --only-binary=:all: -r requirements.lock
+# Then the project itself, without dependencies, built by the locked setuptools (no isolated
+# build environment fetched from the index). The editable install points at /app, where the
+# final stage puts the code, so a placeholder package is all it needs here. setuptools is only
+# the build backend: it leaves the venv, and pip check proves the venv complete without it.
 COPY pyproject.toml README.md ./
 RUN mkdir processor \
     && touch processor/__init__.py \
-    && pip install --config-settings editable_mode=compat --editable . \
+    && pip install --no-deps --no-build-isolation --config-settings editable_mode=compat --editable . \
+    && pip uninstall --yes setuptools \
+    && pip check \
     && rm -rf processor ./*.egg-info
 
 # ---------------------------------------------------------------------------------------------

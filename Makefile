@@ -3,14 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test lint unit integration tools kafka-fetch kafka-up kafka-down kafka-status bench sandbox clean
+.PHONY: install demo test lint lock lock-upgrade lock-check unit integration soak tools kafka-fetch kafka-up kafka-down kafka-status bench sandbox clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The locked versions, hash-checked; then the project itself, which they already satisfy.
+$(VENV)/.installed: pyproject.toml requirements-test.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements-test.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 ## Runs the main job on a local default: broker, sandbox, sample clickstream, processor, metrics.
@@ -18,7 +20,7 @@ demo: install kafka-fetch
 	$(PY) -m devkit.demo
 
 ## The whole suite, as CI runs it.
-test: install kafka-fetch tools lint
+test: install lock-check kafka-fetch tools lint
 	$(PY) -m pytest
 
 lint: install
@@ -26,11 +28,27 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict processor devkit
 
+## Recompiles requirements.lock (the image) and requirements-test.lock (.venv) from pyproject.toml,
+## keeping every current pin that still fits; lock-upgrade takes the newest allowed versions.
+lock: install
+	$(PY) -m devkit.lock update
+
+lock-upgrade: install
+	$(PY) -m devkit.lock update --upgrade
+
+## Offline: the locks pin every dependency of pyproject.toml, within its range, with hashes.
+lock-check: install
+	$(PY) -m devkit.lock check
+
 unit: install
 	$(PY) -m pytest tests/unit
 
 integration: install kafka-fetch tools
 	$(PY) -m pytest tests/integration
+
+## The fault suite at soak size: more records, more kill -9 rounds, longer outages.
+soak: install kafka-fetch
+	FAULTS_SOAK=1 $(PY) -m pytest -m faults tests/faults -s
 
 ## The pinned checkers of the deployment artifacts and alert rules, into .cache/tools/ (once).
 tools: install

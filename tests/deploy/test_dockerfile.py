@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from devkit.lock import RUNTIME_LOCK
 from processor.metrics import Metrics, MetricsServer
 from tests.deploy.conftest import DOCKERFILE, ROOT
 
@@ -140,6 +141,88 @@ def test_builder_makes_a_venv_the_runtime_copies(instructions: list[Instruction]
     assert "--from=builder /opt/venv /opt/venv" in copies
     env = " ".join(rest for keyword, rest in runtime if keyword == "ENV")
     assert "PATH=/opt/venv/bin:$PATH" in env
+
+
+def _pip_installs(stage: list[Instruction]) -> list[tuple[int, list[str]]]:
+    """(instruction index, arguments) of every ``pip install`` in the stage's RUNs."""
+    installs = []
+    for index, (keyword, rest) in enumerate(stage):
+        if keyword != "RUN":
+            continue
+        for command in rest.split("&&"):
+            words = command.split()
+            if words[:2] == ["pip", "install"] or words[:4] == ["python", "-m", "pip", "install"]:
+                installs.append((index, words[words.index("install") + 1 :]))
+    return installs
+
+
+def unlocked_installs(instructions: list[Instruction]) -> list[str]:
+    """Every way the Dockerfile could install something the lock did not pin; empty when none.
+
+    The image's dependencies come from requirements.lock alone (hash-checked, wheels only, no
+    resolution), and the project itself is installed after them without dependencies and
+    without fetching a build environment.
+    """
+    stages = _stages(instructions)
+    builder = stages[0]
+    problems = [
+        f"pip install in the runtime stage: {' '.join(args)}"
+        for stage in stages[1:]
+        for _, args in _pip_installs(stage)
+    ]
+    lock_at = project_at = None
+    for index, args in _pip_installs(builder):
+        shown = " ".join(args)
+        if f"-r {RUNTIME_LOCK.path}" in shown or f"--requirement {RUNTIME_LOCK.path}" in shown:
+            lock_at = index
+            for flag in ("--require-hashes", "--no-deps", "--only-binary=:all:"):
+                if flag not in args:
+                    problems.append(f"the lock is installed without {flag}: {shown}")
+        elif args and args[-1] == ".":
+            project_at = index
+            for flag in ("--no-deps", "--no-build-isolation"):
+                if flag not in args:
+                    problems.append(f"the project is installed without {flag}: {shown}")
+        else:
+            problems.append(f"pip installs something the lock does not pin: {shown}")
+    if lock_at is None:
+        problems.append(f"nothing installs {RUNTIME_LOCK.path}")
+    elif project_at is None:
+        problems.append("the project itself is not installed")
+    elif project_at < lock_at:
+        problems.append("the project is installed before its locked dependencies")
+    else:
+        # The dependency layer depends on the lock alone, so a code change does not rebuild it.
+        copies = [rest.split() for keyword, rest in builder[:lock_at] if keyword == "COPY"]
+        if not copies or copies[-1] != [RUNTIME_LOCK.path, "./"]:
+            problems.append(f"the dependency layer is not built from {RUNTIME_LOCK.path} alone")
+    return problems
+
+
+def test_dependencies_are_installed_from_the_hashed_lock(
+    instructions: list[Instruction],
+) -> None:
+    assert unlocked_installs(instructions) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "reported"),
+    [
+        (("--require-hashes ", ""), "without --require-hashes"),
+        (("pip install --no-deps --require-hashes", "pip install --require-hashes"), "--no-deps"),
+        (("--no-deps --no-build-isolation ", ""), "the project is installed without --no-deps"),
+        (("&& pip check", "&& pip install httpx && pip check"), "does not pin: httpx"),
+        ((f"COPY {RUNTIME_LOCK.path} ./", f"COPY {RUNTIME_LOCK.path} pyproject.toml ./"), "alone"),
+    ],
+    ids=["no-hashes", "resolving", "project-deps", "unpinned-extra", "layer"],
+)
+def test_locked_install_check_catches_a_regression(edit: tuple[str, str], reported: str) -> None:
+    """The check above can fail: each way of slipping an unlocked install past it is reported."""
+    old, new = edit
+    text = DOCKERFILE.read_text()
+    assert old in text, f"the Dockerfile no longer contains {old!r}: update this test"
+    problems = unlocked_installs(parse(text.replace(old, new, 1)))
+    assert any(reported in p for p in problems), problems
 
 
 def test_package_and_schemas_are_side_by_side(instructions: list[Instruction]) -> None:
