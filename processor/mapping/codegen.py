@@ -82,8 +82,10 @@ def generate_fill(
                 holder = "r" if len(src) == 1 else prefix_var(src[:-1])
                 out.append(f"{pad}v = {holder}.get({src[-1]!r})")
             else:
+                # A template raises CoerceError for a number it cannot write exactly.
                 namespace[f"G{ref}_{i}"] = src
-                out.append(f"{pad}v = G{ref}_{i}(r)")
+                out += [f"{pad}try:", f"{pad}    v = G{ref}_{i}(r)"]
+                out += [f"{pad}except CoerceError as e:", f"{pad}    fail(L{ref}, e)"]
         return out
 
     def assign(field: FieldSpec, ref: str, target: str, indent: str) -> list[str]:

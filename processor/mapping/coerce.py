@@ -7,6 +7,13 @@ valid string" for numeric ids), money becomes a non-negative number, currency is
 upper-cased and checked against ISO 4217, and email/phone/external_id are
 normalised and SHA-256 hashed. A coercer raises :class:`CoerceError` whose
 message never contains the value.
+
+Numbers that became text must keep every digit: orjson returns integers from
+-2**63 to 2**64-1 as exact ``int``, but larger ones (and anything written with a
+fraction or an exponent) as ``float``, which is exact only below 2**53. Two ids
+2**64+1 and 2**64+2 would both become ``"18446744073709551616"``, and TikTok,
+deduplicating on event and event_id, would drop one conversion; so such a float
+is refused (:func:`exact_float_text`) instead of rounded.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ MIN_EVENT_TIME: Final = 946_684_800
 MAX_EVENT_TIME: Final = 4_102_444_800
 #: Epoch numbers above this are milliseconds (1e11 s is the year 5138).
 _MS_THRESHOLD: Final = 100_000_000_000
+#: From here up a double no longer holds every integer (2**53 + 1 rounds to 2**53).
+EXACT_FLOAT_LIMIT: Final = 2**53
 
 
 class CoerceError(ValueError):
@@ -38,16 +47,26 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", bool: "a boolean"}.get(type(value), "a value")
 
 
+def exact_float_text(value: float) -> str:
+    """``str(value)``, unless the float may be a rounded integer (see the module docstring)."""
+    if abs(value) >= EXACT_FLOAT_LIMIT:
+        raise CoerceError("number too large to be exact; send it as a string")
+    return str(value)
+
+
 def to_text(value: Any) -> str:
     if isinstance(value, str):
         return value
-    if value.__class__ in (int, float):
+    if value.__class__ is int:
         return str(value)
+    if value.__class__ is float:
+        return exact_float_text(value)
     raise CoerceError(f"expected text, got {_kind(value)}")
 
 
 def to_id(value: Any) -> str:
-    """Ids are strings for TikTok; integral numbers are accepted and converted."""
+    """Ids are strings for TikTok; integral numbers are accepted and converted, as long
+    as every digit is known (an ``int``, or a float below 2**53)."""
     if isinstance(value, str):
         text = value.strip()
         if text:
@@ -56,6 +75,8 @@ def to_id(value: Any) -> str:
     if value.__class__ is int:
         return str(value)
     if value.__class__ is float and value.is_integer():
+        if abs(value) >= EXACT_FLOAT_LIMIT:
+            raise CoerceError("integer too large to be exact; send ids as strings")
         return str(int(value))
     raise CoerceError(f"expected an id (text or integer), got {_kind(value)}")
 

@@ -140,10 +140,10 @@ class CompiledMapping:
         partition and offset) is used when the mapping names no id field or the
         record lacks it, so a redelivered record always gets the same id."""
         time_field = self._event_time
-        raw_time = time_field.get(record)
-        if not is_present(raw_time):
-            raise self._reject(time_field.label, "missing")
         try:
+            raw_time = time_field.get(record)
+            if not is_present(raw_time):
+                raise self._reject(time_field.label, "missing")
             event_time = to_epoch_seconds(raw_time)
         except CoerceError as exc:
             raise self._reject(time_field.label, str(exc)) from None
@@ -208,10 +208,10 @@ def _content_builder(
     def build(source: Any) -> dict[str, Any] | None:
         item: dict[str, Any] = {}
         for key, field_label, get, coerce in plan:
-            value = get(source)
-            if value is None or value == "":
-                continue
             try:
+                value = get(source)
+                if value is None or value == "":
+                    continue
                 item[key] = coerce(value)
             except CoerceError as exc:
                 raise _ContentsError(field_label, str(exc)) from None

@@ -26,6 +26,8 @@ class PathError(ValueError):
 
 def parse_path(path: str) -> tuple[str | int, ...]:
     """``"items[0].sku"`` → ``("items", 0, "sku")``."""
+    if not isinstance(path, str):
+        raise PathError(f"a field path is text, not {type(path).__name__}")
     if not path or path.strip() != path:
         raise PathError(f"not a field path: {path!r}")
     parts: list[str | int] = []

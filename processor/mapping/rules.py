@@ -7,19 +7,28 @@ A rule is one of::
     {field: PATH, regex: "…"}         {field: PATH, gt|gte|lt|lte: N}
     {all: [RULE, …]}  {any: [RULE, …]}  {not: RULE}
 
-Several operators on one ``field`` must all hold. ``regex`` is a Python regular
+Several operators on one ``field`` must all hold. ``regex`` is an RE2 regular
 expression searched anywhere in the value (anchor it with ``^…$``). Numeric
 comparisons are false for values that are not numbers (numeric strings count as
 numbers). Everything is compiled once; a predicate on the hot path does no
 parsing and no regex compilation.
+
+Why RE2: predicates run on the Kafka poll thread, so one backtracking pattern
+such as ``^(a+)+$`` and one long field would stall every partition of the
+consumer (and, past ``max.poll.interval.ms``, get it evicted from the group).
+RE2 matches in time linear in the input; the price is that backreferences and
+lookaround do not exist, and such patterns are refused at start-up.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import re2
 
 from processor.mapping.paths import Getter, PathError, compile_path
 
@@ -98,13 +107,7 @@ def _field_test(op: str, arg: Any, where: str, problems: list[str]) -> Callable[
         prefixes = (arg,) if isinstance(arg, str) else tuple(arg)
         return lambda v: isinstance(v, str) and v.startswith(prefixes)
     if op == "regex":
-        try:
-            pattern = re.compile(arg)
-        except re.error as exc:
-            problems.append(f"{where}.regex: invalid regular expression: {exc}")
-            return None
-        search = pattern.search
-        return lambda v: isinstance(v, str) and search(v) is not None
+        return _regex_test(arg, f"{where}.regex", problems)
     bound = float(arg)
     compare: Callable[[float], bool] = {
         "gt": lambda n: n > bound,
@@ -118,6 +121,51 @@ def _field_test(op: str, arg: Any, where: str, problems: list[str]) -> Callable[
         return n is not None and compare(n)
 
     return numeric
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    # RE2 would print parse errors to stderr; they are reported as problems instead.
+    options.log_errors = False
+    # Only "does it match" is asked: without capture groups RE2 does less per match.
+    options.never_capture = True
+    return options
+
+
+def _regex_test(pattern: str, where: str, problems: list[str]) -> Callable[[Any], bool] | None:
+    """A linear-time ``search`` of ``pattern``, or None with the problem appended."""
+    try:
+        search = re2.compile(pattern, _re2_options()).search
+    except re2.error as exc:
+        problems.append(f"{where}: {_regex_problem(pattern, exc)}")
+        return None
+
+    def test(v: Any) -> bool:
+        # UTF-8 bytes take the wrapper's short path (no character offsets to map
+        # back); "surrogatepass" keeps a stray surrogate from raising on the poll thread.
+        return isinstance(v, str) and search(v.encode("utf-8", "surrogatepass")) is not None
+
+    return test
+
+
+def _regex_problem(pattern: str, exc: re2.error) -> str:
+    # The C++ layer raises with a bytes message, the Python wrapper with text.
+    detail = exc.args[0] if exc.args else ""
+    reason = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+    # Python's parser tells a pattern RE2 cannot run apart from one that is simply
+    # wrong; it only compiles, never matches, so it cannot blow up here.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. FutureWarning on "[[" in a set
+            re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as py_exc:
+        return f"invalid regular expression: {py_exc}"
+    hint = "; RE2 writes the end of the text as \\z" if "\\Z" in reason else ""
+    return (
+        "not supported by RE2, the linear-time regex engine (no backreferences, lookahead, "
+        f"lookbehind, atomic groups, possessive quantifiers or repeat counts over 1000): {reason}"
+        f"{hint}"
+    )
 
 
 def _field_rule(rule: Mapping[str, Any], where: str, problems: list[str]) -> Predicate | None:

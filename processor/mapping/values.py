@@ -12,7 +12,9 @@ A value is one of::
 
 (``{each: PATH, fields: {…}}`` builds ``properties.contents`` from line items and is
 compiled by :mod:`processor.mapping.compiler`, which knows the content fields.)
-Each compiles once into a :data:`~processor.mapping.paths.Getter`.
+Each compiles once into a :data:`~processor.mapping.paths.Getter`. A getter never
+raises on the record's shape; the one error it raises is the template's
+:class:`~processor.mapping.coerce.CoerceError` for a number it cannot write exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+from processor.mapping.coerce import CoerceError, exact_float_text
 from processor.mapping.paths import Getter, PathError, compile_path
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
@@ -56,7 +59,10 @@ def describe(spec: Any) -> str:
         if "const" in spec:
             return "constant"
         if "first" in spec:
-            return "first of " + ", ".join(describe(s) for s in spec["first"])
+            options = spec["first"]
+            if not isinstance(options, list):
+                return "first of ?"
+            return "first of " + ", ".join(describe(s) for s in options)
         if "from_url" in spec:
             return f"?{spec['param']}= of {describe(spec['from_url'])}"
         if "template" in spec:
@@ -206,12 +212,13 @@ _FORM_COMPILERS: dict[str, Callable[[Mapping[str, Any], str, list[str]], Getter 
 
 def _template(text: str, where: str, problems: list[str]) -> Getter | None:
     pieces: list[str] = []
-    getters: list[Getter] = []
+    getters: list[tuple[str, Getter]] = []
     last = 0
     for match in _PLACEHOLDER.finditer(text):
         pieces.append(text[last : match.start()])
+        path = match.group(1).strip()
         try:
-            getters.append(compile_path(match.group(1).strip()))
+            getters.append((path, compile_path(path)))
         except PathError as exc:
             problems.append(f"{where}.template: {exc}")
             return None
@@ -222,13 +229,22 @@ def _template(text: str, where: str, problems: list[str]) -> Getter | None:
 
     def render(record: Any) -> Any:
         out = []
-        for piece, get in zip(pieces, getters, strict=True):
+        for piece, (path, get) in zip(pieces, getters, strict=True):
             value = get(record)
             if not is_present(value) or isinstance(value, dict | list):
                 return None
             out.append(piece)
-            out.append(str(value))
+            out.append(_exact_text(value, path) if value.__class__ is float else str(value))
         out.append(tail)
         return "".join(out)
 
     return render
+
+
+def _exact_text(value: float, path: str) -> str:
+    # A template often builds an order or content id: a rounded number in it would
+    # make two records share one id, so it is refused like a rounded id.
+    try:
+        return exact_float_text(value)
+    except CoerceError as exc:
+        raise CoerceError(f"{{{path}}} in the template: {exc}") from None
