@@ -23,7 +23,6 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
 
@@ -36,6 +35,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _multiprocess
+
+from processor.httpserver import GuardedHTTPServer, ReceivedRequestHandler
 
 PREFIX: Final = "tiktok_events"
 
@@ -146,6 +147,13 @@ class Metrics:
             ("topic", "partition"),
             workers="livesum",
         )
+        self.partition_stalled = gauge(
+            "partition_stalled_seconds",
+            "How long an assigned partition with lag has made no progress (its fetch "
+            "position and done watermark unmoved); 0 while it progresses or has no lag.",
+            ("topic", "partition"),
+            workers="livemax",
+        )
         self.oldest_unfinished_age = gauge(
             "oldest_unfinished_age_seconds",
             "Age of the oldest record not yet done (what holds the committed offset back).",
@@ -170,12 +178,12 @@ class Metrics:
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """A partition is no longer assigned here: its lag stops counting."""
-        child = self.consumer_lag.labels(topic, str(partition))
-        child.set(0)
-        if not self._multiprocess:
-            # Removing series is not supported in multiprocess mode: there the 0 stays,
-            # and the owner's value is what the sum shows.
-            self.consumer_lag.remove(topic, str(partition))
+        for gauge in (self.consumer_lag, self.partition_stalled):
+            gauge.labels(topic, str(partition)).set(0)
+            if not self._multiprocess:
+                # Removing series is not supported in multiprocess mode: there the 0
+                # stays, and the owner's value is what the sum (or maximum) shows.
+                gauge.remove(topic, str(partition))
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value (0.0 when absent), for tests."""
@@ -250,7 +258,13 @@ Health = Callable[[], tuple[bool, str]]
 
 class MetricsServer:
     """Serves ``/metrics``, ``/healthz`` (the loop is alive) and ``/readyz`` (ready to
-    process: partitions assigned, not halted, broker reachable) on a background thread."""
+    process: partitions assigned, not halted, broker reachable) on a background thread.
+
+    It runs on a :class:`~processor.httpserver.GuardedHTTPServer`, so idle or slow clients
+    cannot starve scrapes and probes of threads: ``timeout_s`` is how long a connection has
+    to send its request (and the bound on each send of the answer), ``max_threads`` how many
+    requests are answered at once, ``max_connections`` how many connections may be open.
+    """
 
     def __init__(
         self,
@@ -260,10 +274,19 @@ class MetricsServer:
         *,
         liveness: Health,
         readiness: Health,
+        timeout_s: float = 10.0,
+        max_threads: int = 8,
+        max_connections: int = 256,
     ) -> None:
         handler = _handler(registry, liveness, readiness)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        self._server = GuardedHTTPServer(
+            (host, port),
+            handler,
+            timeout_s=timeout_s,
+            max_threads=max_threads,
+            max_connections=max_connections,
+            name="metrics-http",
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
         )
@@ -276,14 +299,17 @@ class MetricsServer:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop serving, finish the answers under way and release the port (idempotent)."""
         self._server.shutdown()
+        if self._thread.ident is not None:
+            self._thread.join()
         self._server.server_close()
 
 
 def _handler(
     registry: CollectorRegistry, liveness: Health, readiness: Health
-) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+) -> type[ReceivedRequestHandler]:
+    class Handler(ReceivedRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

@@ -19,12 +19,20 @@ Routes::
 
 Responses are written in one ``send`` (headers and body together) with Nagle off, so
 keep-alive clients never wait on a delayed ACK.
+
+Bodies are framed strictly (RFC 9112): a Content-Length of ASCII digits, or ``chunked`` as
+the only transfer coding, never both; every chunk size is checked against the body limit
+before a byte of it is read. A body that cannot be framed is refused and the connection
+closed, as the rest of its bytes cannot be told from the next request. Keep-alive holds a
+thread a connection, so connections are bounded (``max_connections``): past the bound a new
+one is answered 503 at once, without a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import threading
 import time
@@ -51,7 +59,38 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 #: Most events ``/sandbox/events`` returns at once.
 MAX_EVENTS_LIMIT = 100_000
 
+#: Most connections open at once (each holds a thread while it is kept alive); more → 503.
+MAX_CONNECTIONS = 1024
+
+#: The longest chunk-size line (size, extensions, line end) read; longer → 400.
+_MAX_CHUNK_LINE = 1024
+#: Bytes of trailer fields read after the last chunk (all dropped); more → 400.
+_MAX_TRAILER_BYTES = 16 * 1024
+#: A chunk size: hex digits only (``int(x, 16)`` alone would also take ``-1``, ``0x10``,
+#: ``1_0`` and spaces); 16 of them already exceed any body limit.
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+#: The line end after a chunk's data.
+_LINE_ENDS = (b"\r\n", b"\n")
+#: Digits of a Content-Length beyond which it is over any body limit (and beyond which
+#: ``int`` refuses to convert it).
+_MAX_LENGTH_DIGITS = 18
+
+_BUSY_BODY = b'{"error": "too many connections"}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+) % (len(_BUSY_BODY), _BUSY_BODY)
+
 _SCOPES = frozenset({"all", "live", "test"})
+
+
+class _Unreadable(Exception):
+    """A request body that cannot be read: answered with ``status`` and ``error``."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
 
 
 class _Server(ThreadingHTTPServer):
@@ -66,12 +105,14 @@ class _Server(ThreadingHTTPServer):
         *,
         max_body_bytes: int,
         idle_timeout_s: float,
+        max_connections: int,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.state = state
         self.max_body_bytes = max_body_bytes
         self.idle_timeout_s = idle_timeout_s
+        self._slots = threading.BoundedSemaphore(max_connections)
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -85,15 +126,33 @@ class _Server(ThreadingHTTPServer):
         self.server_port = int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        # Runs on the accepting thread: refusing here costs no thread, and a fresh socket's
+        # send buffer takes the short 503 whole, so the accepting never blocks.
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(_BUSY)
+            self.shutdown_request(request)
+            return
         thread = threading.Thread(
-            target=self.process_request_thread,
+            target=self._serve_connection,
             args=(request, client_address),
             name="sandbox-connection",
             daemon=True,
         )
         with self._connections_lock:
             self._connections[request] = thread
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # no more threads to be had: as good as busy
+            self._slots.release()
+            self.shutdown_request(request)
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:
@@ -154,6 +213,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": f"no such endpoint: POST {path}"})
 
     def do_GET(self) -> None:
+        # A body nobody wants is still read, or on a kept-alive connection it would be
+        # parsed as the next request.
+        if self._read_body() is None:
+            return
         path, _, query = self.path.partition("?")
         if path in _GET_ROUTES:
             try:
@@ -180,43 +243,69 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes | None:
         """The request body, or None after answering why it cannot be read."""
-        if (self.headers.get("Transfer-Encoding") or "").strip().lower() == "chunked":
-            return self._read_chunked()
-        length = self.headers.get("Content-Length")
-        if length is None:
-            return b""
         try:
-            size = int(length)
-            if size < 0:
-                raise ValueError(length)
-        except ValueError:
-            self._refuse(400, "invalid Content-Length")
+            return self._framed_body()
+        except _Unreadable as exc:
+            self._refuse(exc.status, exc.error)
             return None
-        if size > self.server.max_body_bytes:
-            self._refuse(413, f"body larger than {self.server.max_body_bytes} bytes")
-            return None
-        return self.rfile.read(size)
 
-    def _read_chunked(self) -> bytes | None:
+    def _framed_body(self) -> bytes:
+        codings = self.headers.get_all("Transfer-Encoding")
+        lengths = self.headers.get_all("Content-Length")
+        if codings is not None:
+            # Both framings at once is how requests are smuggled past proxies (RFC 9112 §6.3).
+            if lengths is not None:
+                raise _Unreadable(400, "both Transfer-Encoding and Content-Length")
+            if [c.strip().lower() for c in codings] != ["chunked"]:
+                raise _Unreadable(501, "only the chunked transfer coding is supported")
+            return self._read_chunked()
+        if lengths is None:
+            return b""
+        text = lengths[0].strip()
+        # ASCII digits only: int() also takes "+5", "-0", "5_0" and other scripts' digits.
+        if not (text.isascii() and text.isdigit()) or any(v.strip() != text for v in lengths):
+            raise _Unreadable(400, "invalid Content-Length")
+        digits = text.lstrip("0") or "0"
+        if len(digits) > _MAX_LENGTH_DIGITS or int(digits) > self.server.max_body_bytes:
+            raise self._too_large()
+        size = int(digits)
+        body = self.rfile.read(size)
+        if len(body) < size:
+            raise _Unreadable(400, "the body ended before its Content-Length")
+        return body
+
+    def _read_chunked(self) -> bytes:
+        """A chunked body (RFC 9112 §7.1). Each chunk's size is checked against the limit
+        before any of its bytes are read."""
         chunks: list[bytes] = []
         total = 0
         while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                self._refuse(400, "invalid chunked body")
-                return None
+            line = self.rfile.readline(_MAX_CHUNK_LINE)
+            size_text = line.split(b";", 1)[0].rstrip(b" \t\r\n")  # extensions are dropped
+            if not line.endswith(b"\n") or not _CHUNK_SIZE.fullmatch(size_text):
+                raise _Unreadable(400, "invalid chunk size")
+            size = int(size_text, 16)
             if size == 0:
-                while self.rfile.readline(65536).strip():
-                    pass  # trailers
+                self._skip_trailers()
                 return b"".join(chunks)
             total += size
             if total > self.server.max_body_bytes:
-                self._refuse(413, f"body larger than {self.server.max_body_bytes} bytes")
-                return None
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline(16)
+                raise self._too_large()
+            chunk = self.rfile.read(size)
+            if len(chunk) < size or self.rfile.readline(3) not in _LINE_ENDS:
+                raise _Unreadable(400, "a chunk is not the size it says")
+            chunks.append(chunk)
+
+    def _skip_trailers(self) -> None:
+        """Read the trailer fields after the last chunk, up to the empty line."""
+        budget = _MAX_TRAILER_BYTES
+        while (line := self.rfile.readline(budget + 1)) not in _LINE_ENDS:
+            budget -= len(line)
+            if budget < 0 or not line.endswith(b"\n"):
+                raise _Unreadable(400, "invalid chunked body trailer")
+
+    def _too_large(self) -> _Unreadable:
+        return _Unreadable(413, f"body larger than {self.server.max_body_bytes} bytes")
 
     def _refuse(self, status: int, error: str) -> None:
         """Answer an unreadable request and close: the rest of its bytes can't be framed."""
@@ -315,7 +404,9 @@ class Sandbox:
     :attr:`url`); serving starts with :meth:`start` or ``with``. ``pixels`` limits the
     pixel codes every token may use (None: any well-formed code). ``faults`` is a
     :class:`FaultConfig`, its spec string or its JSON object. ``seed`` seeds the fault
-    dice when the fault config has no seed of its own.
+    dice when the fault config has no seed of its own. ``max_body_bytes``: larger bodies get
+    413. ``idle_timeout_s``: how long a connection may sit silent (between requests or within
+    one) before it is closed. ``max_connections``: connections open at once; more get 503.
     """
 
     def __init__(
@@ -331,7 +422,10 @@ class Sandbox:
         max_dedup_keys: int = 1_000_000,
         max_body_bytes: int = MAX_BODY_BYTES,
         idle_timeout_s: float = 120.0,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be positive, not {max_connections}")
         self.state = SandboxState(
             tokens=tokens,
             pixels=pixels,
@@ -341,7 +435,11 @@ class Sandbox:
             max_dedup_keys=max_dedup_keys,
         )
         self._server = _Server(
-            (host, port), self.state, max_body_bytes=max_body_bytes, idle_timeout_s=idle_timeout_s
+            (host, port),
+            self.state,
+            max_body_bytes=max_body_bytes,
+            idle_timeout_s=idle_timeout_s,
+            max_connections=max_connections,
         )
         self._thread: threading.Thread | None = None
         self._closed = False

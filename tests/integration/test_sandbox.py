@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -729,3 +730,86 @@ def test_reject_fault_refuses_the_batch_naming_the_event_and_stores_nothing(
     assert sandbox.stats()["events"]["accepted"] == 0
     assert code_of(track(client, a_body([an_event(0), an_event(2)]))) == 0
     assert sandbox.faults()["spec"] == "reject=bad-"
+
+
+# -- hostile clients (more cases, as raw bytes, in tests/hostile/http/) -------------------
+
+
+def _answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and body of one answer that carries a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before an answer: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length_field = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    assert length_field is not None, head
+    length = int(length_field.group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head.split(b"\r\n", 1)[0], body
+
+
+def test_a_chunked_event_with_extensions_and_trailers_is_stored_as_sent(
+    sandbox: Sandbox,
+) -> None:
+    event = an_event(7)
+    payload = orjson.dumps(a_body([event]))
+    chunks = b"".join(
+        b"%x;part=%d\r\n%s\r\n" % (len(piece), n, piece)
+        for n, piece in enumerate(payload[i : i + 50] for i in range(0, len(payload), 50))
+    )
+    request = (
+        (
+            f"POST {TRACK_PATH} HTTP/1.1\r\nHost: x\r\nAccess-Token: {TOKEN}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        + chunks
+        + b"0\r\nX-Checksum: none\r\n\r\n"
+    )
+    with socket.create_connection((sandbox.host, sandbox.port), timeout=10) as sock:
+        sock.sendall(request)
+        status, body = _answer(sock)
+    assert status == b"HTTP/1.1 200 OK"
+    assert orjson.loads(body)["code"] == 0
+    (stored,) = sandbox.events(event_id="vc-7")
+    assert stored["event"] == event
+
+
+@pytest.mark.timeout(60)
+def test_connections_past_the_bound_get_503_at_once_and_a_freed_slot_is_reused() -> None:
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with Sandbox(tokens={TOKEN}, max_connections=2) as sb, contextlib.ExitStack() as stack:
+        held = [
+            stack.enter_context(socket.create_connection((sb.host, sb.port), timeout=10))
+            for _ in range(2)
+        ]
+        for sock in held:  # both served and kept alive, each holding its thread
+            sock.sendall(health)
+            assert _answer(sock)[0] == b"HTTP/1.1 200 OK"
+        with socket.create_connection((sb.host, sb.port), timeout=10) as third:
+            status, body = _answer(third)
+            assert third.recv(1) == b""  # and closed
+        assert status == b"HTTP/1.1 503 Service Unavailable"
+        assert orjson.loads(body) == {"error": "too many connections"}
+        held[0].close()
+        # The slot frees once the server has seen the close; until then the answer is 503
+        # (or, the 503 having closed a connection with our request unread, a reset).
+        while _health_status(sb) != b"HTTP/1.1 200 OK":
+            time.sleep(0.01)
+
+
+def _health_status(sb: Sandbox) -> bytes | None:
+    with socket.create_connection((sb.host, sb.port), timeout=10) as sock:
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            return _answer(sock)[0]
+        except ConnectionError:
+            return None
+
+
+def test_max_connections_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_connections must be positive"):
+        Sandbox(max_connections=0)
