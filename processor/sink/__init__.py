@@ -48,11 +48,15 @@ other than http(s)
 - *bisect*: one bad event fails the whole request. A single event is rejected with
   TikTok's code and message; a larger batch is split (the event the message names as
   ``data[i]`` against the rest, else halves) and each part is delivered on its own.
+  A reason's ``data[i]`` is renumbered to the event's index in the submitted batch
+  (see :class:`BatchOutcome`).
 - *halt*: nothing is sent, completed or rejected; ``halted`` gives the reason and the
   ``sink_fatal`` gauge is 1. The token source is re-read every
-  ``token_check_interval_s``; a different token lifts the halt and the held requests
-  go on from where they stopped. A token from the environment never changes: halted
-  until restart.
+  ``token_check_interval_s``; a different token is *tried*: the held requests go on
+  from where they stopped, one at a time, and the halt ends only once TikTok accepts
+  one of them (or refuses it for its content). A new token refused too keeps the
+  sender halted, without a "resumed" in between. A token from the environment never
+  changes: halted until restart.
 
 Limits: at most ``max_in_flight`` requests at once; at most ``max_requests_per_s``
 request starts a second across first attempts, retries and bisection requests.

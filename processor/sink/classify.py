@@ -6,15 +6,18 @@ envelope, so the body's ``code`` decides whenever there is an envelope; the HTTP
 status decides only when there is none. No I/O, no clock: the caller passes what it
 saw (a status and body, or the exception the request raised).
 
-Nothing here ever sees the access token, and exception *messages* are never copied
-into a reason (an HTTP library may quote header values in them): only the exception's
-type name is.
+The access token reaches this module only as a secret to redact: TikTok's message
+is redacted of it *before* it is shortened to :data:`MAX_MESSAGE_CHARS`, so the cut
+can never leave a part of the token behind (see :mod:`processor.redact`). Exception
+*messages* are never copied into a reason (an HTTP library may quote header values in
+them): only the exception's type name is.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -28,6 +31,7 @@ from processor.errors import (
     RetryableSinkError,
     SinkError,
 )
+from processor.redact import shorten
 
 
 class Verdict(StrEnum):
@@ -119,9 +123,12 @@ def classify(
     exc: Exception | None,
     *,
     retry_after: str | None = None,
+    secrets: Sequence[str] = (),
 ) -> Classification:
     """Classify a response (``status``, ``body`` and its ``Retry-After`` header) or the
     exception a request raised instead (``exc``; then status and body are ignored).
+    ``secrets`` (the access token) are redacted from TikTok's message before it is
+    shortened into the reason.
 
     ===========================================  ==============================
     answer                                       verdict
@@ -157,8 +164,23 @@ def classify(
     envelope = _envelope(body)
     if envelope is not None and (_is_2xx(status) or envelope[0] != 0):
         code, message = envelope
-        return _classify_code(code, message, status, wait)
+        # Redacted before the cut: cutting first could split the token out of sight.
+        text = shorten(message.strip(), MAX_MESSAGE_CHARS, secrets)
+        return _classify_code(code, text, status, wait)
     return _classify_status(status, wait)
+
+
+def renumber_events(text: str, places: Sequence[int]) -> str:
+    """``text`` with every ``data[i]`` turned into ``data[places[i]]``: a message about
+    the request that carried some events of a batch, in the numbering of the whole batch
+    (``places[i]`` is where the request's i-th event sits in it). An index the request
+    did not have is left as it is."""
+
+    def renumbered(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        return f"data[{places[index]}]" if index < len(places) else match.group(0)
+
+    return _DATA_INDEX.sub(renumbered, text)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -197,10 +219,8 @@ def _envelope(body: bytes | None) -> tuple[int, str] | None:
     return code, message if isinstance(message, str) else ""
 
 
-def _classify_code(code: int, message: str, status: int, wait: float | None) -> Classification:
-    text = message.strip()
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = text[:MAX_MESSAGE_CHARS] + "…"
+def _classify_code(code: int, text: str, status: int, wait: float | None) -> Classification:
+    """``text``: TikTok's message, already redacted and shortened."""
     reason = f"{code} {text}" if text else str(code)
     label = code_label(code)
 

@@ -7,8 +7,10 @@ metrics (``requests{outcome,code}``, ``request_duration``, ``batch_size``,
 :class:`~processor.sink.classify.Classification`; :meth:`TikTokClient.send` never
 raises for anything the network or TikTok does.
 
-The token is revealed in exactly one place, the header of the request being built,
-and is scrubbed from any reason before it leaves this module.
+The token is revealed only into the header of the request being built and into the
+redaction of reasons: TikTok's message is redacted of it before it is shortened (in
+:func:`~processor.sink.classify.classify`), and every reason is scrubbed once more
+before it leaves this module.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from processor.config import Secret, TikTokConfig
 from processor.errors import ConfigError
 from processor.metrics import Metrics
 from processor.payload import BatchKey, request_body
-from processor.sink.classify import Classification, Verdict, classify
+from processor.redact import redact, shorten
+from processor.sink.classify import MAX_MESSAGE_CHARS, Classification, Verdict, classify
 
 USER_AGENT = "tiktok-events-processor"
-REDACTED = "********"
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -104,26 +106,32 @@ class TikTokClient:
         self, key: BatchKey, items: Sequence[PendingEvent], token: Secret
     ) -> Classification:
         """POST ``items`` (one batch key) with ``token``; the classified answer."""
+        secrets = (token.reveal(),)
         try:
             content = encode_body(key, items, self._partner_name)
         except orjson.JSONEncodeError as exc:
             # Never sendable as it is; bisection finds the event that cannot be encoded.
-            reason = f"the event cannot be encoded as JSON: {exc}"
+            # orjson's message names a type or a limit, never a header; bounded all the same.
+            reason = shorten(
+                f"the event cannot be encoded as JSON: {exc}", MAX_MESSAGE_CHARS, secrets
+            )
             return Classification(Verdict.BAD_PAYLOAD, "encode_error", reason)
         headers = {"Access-Token": token.reveal(), "Content-Type": "application/json"}
         started = self._clock()
         self._metrics.in_flight_requests.inc()
         try:
-            result = await self._post(content, headers)
+            result = await self._post(content, headers, secrets)
         finally:
             self._metrics.in_flight_requests.dec()
-        result = _scrubbed(result, token)
+        result = _scrubbed(result, secrets)
         self._metrics.request_duration.observe(max(0.0, self._clock() - started))
         self._metrics.batch_size.observe(len(items))
         self._metrics.requests.labels(result.verdict.value, result.code).inc()
         return result
 
-    async def _post(self, content: bytes, headers: dict[str, str]) -> Classification:
+    async def _post(
+        self, content: bytes, headers: dict[str, str], secrets: tuple[str, ...]
+    ) -> Classification:
         try:
             # httpx's timeout bounds each phase (connect, write, each read); this bounds
             # the whole request, so a slowly dripping answer cannot hold a slot forever.
@@ -136,16 +144,17 @@ class TikTokClient:
             response.content,
             None,
             retry_after=response.headers.get("Retry-After"),
+            secrets=secrets,
         )
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
 
-def _scrubbed(result: Classification, token: Secret) -> Classification:
-    # Defence in depth: a server (or proxy) that echoes the token must not get it into a
-    # dead-letter header or a log line through the reason.
-    value = token.reveal()
-    if len(value) >= 4 and value in result.reason:
-        return replace(result, reason=result.reason.replace(value, REDACTED))
-    return result
+def _scrubbed(result: Classification, secrets: tuple[str, ...]) -> Classification:
+    # Defence in depth: classify() has redacted TikTok's message before shortening it,
+    # but a reason may come from elsewhere, and any echo of the token must stay out of
+    # dead-letter headers and log lines. The reason is bounded already, so this never
+    # sees it cut.
+    reason = redact(result.reason, secrets)
+    return result if reason == result.reason else replace(result, reason=reason)

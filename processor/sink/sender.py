@@ -22,6 +22,17 @@ How one submitted batch travels (all on the loop thread)::
                               fatal       → halt; the request waits at the gate and is
                                             sent again once a new token is loaded
     ─► BatchOutcome on the completion queue (once, when every part has finished)
+
+How a halt ends::
+
+    halted ─► the token source holds a token other than the refused one
+           ─► trying: the gate opens for the held requests, one request at a time, while
+              ``halted`` still holds the reason and ``sink_fatal`` stays 1
+                 TikTok judges the events (accepted, or refused for their content)
+                                          → resumed ("delivery resumed: TikTok accepted …")
+                 refused for the token too → halted again, one "still halted" line, and
+                                             the source is watched for yet another token
+                 no request left to try it → resumed (nothing can prove the token)
 """
 
 from __future__ import annotations
@@ -41,7 +52,8 @@ from processor.batching import Batch, PendingEvent
 from processor.config import DeliveryConfig, Secret, TikTokConfig
 from processor.metrics import Metrics
 from processor.payload import BatchKey
-from processor.sink.classify import Classification, RetryReason, Verdict
+from processor.redact import redact, shorten
+from processor.sink.classify import Classification, RetryReason, Verdict, renumber_events
 from processor.sink.client import TikTokClient, is_sendable
 from processor.sink.pacing import RateLimiter, backoff_delay
 
@@ -51,14 +63,26 @@ Sleep = Callable[[float], Awaitable[None]]
 
 #: How long close() waits for the loop to cancel its tasks and close connections.
 _SHUTDOWN_TIMEOUT_S = 10.0
+#: Longest part of a rejection reason repeated in the log.
+_LOGGED_REASON = 80
 
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
     """What became of one submitted batch. Every event of ``batch`` is in exactly one of
     ``accepted`` and ``rejected``; a rejection's reason is TikTok's code and message
-    (``40002 Invalid value for data[0].event_id: …``) or the give-up reason (``gave up
-    after 8 retries: HTTP 503``). ``partial``: some request of it was answered 20001."""
+    (``40002 Invalid value for data[3].event_id: …``) or the give-up reason (``gave up
+    after 8 retries: HTTP 503``). ``partial``: some request of it was answered 20001.
+
+    Every ``data[i]`` in a reason is the event's index in ``batch``, whichever request
+    TikTok answered: a rejected batch is bisected, and TikTok numbers the events of the
+    smaller request it was sent (an index that request did not have is left as TikTok
+    wrote it). An event rejected after it was sent alone, out of a larger batch, also
+    says so at the end::
+
+        40002 Invalid value for data[417].event_id: not a valid string (event 417 of a
+        batch of 1000, isolated)
+    """
 
     batch: Batch
     accepted: list[PendingEvent]
@@ -69,14 +93,29 @@ class BatchOutcome:
 class _Tally:
     """One batch's results so far, while its parts are under way (loop thread only)."""
 
-    __slots__ = ("accepted", "partial", "rejected", "trust_hints")
+    __slots__ = ("_places", "accepted", "items", "partial", "rejected", "trust_hints")
 
-    def __init__(self) -> None:
+    def __init__(self, items: Sequence[PendingEvent]) -> None:
+        self.items = items
         self.accepted: list[PendingEvent] = []
         self.rejected: list[tuple[PendingEvent, str]] = []
         self.partial = False
         # Trust the data[i] a rejection names until it once names an event that is fine.
         self.trust_hints = True
+        self._places: dict[int, int] | None = None  # built at the first rejection of a part
+
+    def in_batch_terms(self, reason: str, part: Sequence[PendingEvent]) -> str:
+        """``reason``, TikTok's answer to a request carrying ``part``, with its ``data[i]``
+        renumbered to the events' indexes in the whole batch (the BatchOutcome format)."""
+        if len(part) == len(self.items):
+            return reason  # the whole batch (a part is always smaller): numbered already
+        if self._places is None:
+            self._places = {id(item): i for i, item in enumerate(self.items)}
+        places = [self._places[id(item)] for item in part]
+        text = renumber_events(reason, places)
+        if len(part) == 1:
+            text += f" (event {places[0]} of a batch of {len(self.items)}, isolated)"
+        return text
 
 
 class Sender:
@@ -129,7 +168,9 @@ class Sender:
         self._limiter = RateLimiter(
             delivery.max_requests_per_s, burst=rate_burst, clock=clock, sleep=sleep
         )
-        self._resumed = asyncio.Event()
+        self._resumed = asyncio.Event()  # the gate: set while requests may go out
+        # One request at a time tries a new token (see _attempt).
+        self._trial_lock = asyncio.Lock()
 
         # Shared with the poll thread, under _lock.
         self._lock = threading.Lock()
@@ -146,6 +187,10 @@ class Sender:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._token: Secret | None = None
+        # A new token loaded after a refusal and not yet shown to work: the gate is open
+        # for it, but the sender still reports itself halted.
+        self._trial: Secret | None = None
+        self._sending = 0  # requests under way (waiting, sent or between retries)
         self._stopping = False
 
     # -- the poll thread's API ---------------------------------------------------------
@@ -281,7 +326,7 @@ class Sender:
             self._metrics.sink_fatal.set(1)
 
     async def _deliver(self, batch: Batch) -> None:
-        tally = _Tally()
+        tally = _Tally(batch.items)
         await self._deliver_part(batch.key, batch.items, tally, named=False)
         outcome = BatchOutcome(batch, tally.accepted, tally.rejected, tally.partial)
         # No await from here on: a batch is either reported whole or cancelled unreported.
@@ -307,9 +352,10 @@ class Sender:
                 tally.trust_hints = False  # the message named an event that was fine
             self._count_sent(items, "accepted")
         elif result.verdict is Verdict.RETRYABLE:
-            self._reject(items, f"gave up after {retries} retries: {result.reason}", tally)
+            reason = f"gave up after {retries} retries: {result.reason}"
+            self._reject(items, tally.in_batch_terms(reason, items), tally)
         elif len(items) == 1:
-            self._reject(items, result.reason, tally)
+            self._reject(items, tally.in_batch_terms(result.reason, items), tally)
         else:
             parts = _split(items, result, tally)
             await asyncio.gather(
@@ -321,6 +367,20 @@ class Sender:
     ) -> tuple[Classification, int]:
         """The first answer that is not retryable, or the last one after max_retries
         retries; and how many retries it took."""
+        self._sending += 1
+        try:
+            return await self._retried(key, items)
+        finally:
+            self._sending -= 1
+            if self._sending == 0 and self._trial is not None and not self._stopping:
+                # The requests trying the new token all gave up on retries (network, 5xx)
+                # without TikTok refusing it: nothing is left to prove it, and the poll
+                # loop hands no batches over while halted, so waiting would wait forever.
+                self._resume("no request is left to try the new access token on")
+
+    async def _retried(
+        self, key: BatchKey, items: Sequence[PendingEvent]
+    ) -> tuple[Classification, int]:
         retries = 0
         while True:
             result = await self._attempt(key, items)
@@ -347,14 +407,34 @@ class Sender:
         counting as a retry) after a halt is lifted."""
         while True:
             token = await self._usable_token()
-            async with self._slots:
-                await self._limiter.acquire()
-                if not self._resumed.is_set() or token is not self._token:
-                    continue  # halted, or the token changed, while this one waited
-                result = await self._client.send(key, items, token)
-            if result.verdict is not Verdict.FATAL:
-                return result
-            self._halt(result.reason, token)
+            if token is self._trial:
+                # A new token is tried by one request at a time: a wrong one is refused
+                # once, not once by every request the halt held. One that waited while
+                # the trial ended (either way) goes round again, outside the lock.
+                async with self._trial_lock:
+                    trying = token is self._trial
+                    result = await self._send(key, items, token) if trying else None
+            else:
+                result = await self._send(key, items, token)
+            if result is None:
+                continue  # halted, the token changed or its trial ended, while it waited
+            if result.verdict is Verdict.FATAL:
+                self._halt(result.reason, token)
+                continue
+            if token is self._trial and _shows_token_accepted(result):
+                self._resume("TikTok accepted the new access token")
+            return result
+
+    async def _send(
+        self, key: BatchKey, items: Sequence[PendingEvent], token: Secret
+    ) -> Classification | None:
+        """TikTok's answer to one request with ``token``; None when the sender halted,
+        or the token changed, while the request waited for its slot and its turn."""
+        async with self._slots:
+            await self._limiter.acquire()
+            if not self._resumed.is_set() or token is not self._token:
+                return None
+            return await self._client.send(key, items, token)
 
     # -- halting on token and permission errors (loop thread) ---------------------------
 
@@ -377,6 +457,15 @@ class Sender:
     def _halt(self, reason: str, token: Secret) -> None:
         if token is not self._token or not self._resumed.is_set():
             return  # an answer to the old token after a rotation, or already halted
+        if token is self._trial:
+            # The halt never ended: one line, no "resumed" before it, and the token
+            # source is watched for yet another token.
+            self._trial = None
+            self._resumed.clear()
+            self._set_halted(reason)
+            log.error("still halted: the new token was refused too: %s", reason)
+            self._watch(token)
+            return
         self._enter_halt(reason, token)
 
     def _enter_halt(self, reason: str, failed: Secret | None) -> None:
@@ -388,20 +477,38 @@ class Sender:
             self._access_token.source(),
             self._token_check_interval_s,
         )
+        self._watch(failed)
+
+    def _watch(self, failed: Secret | None) -> None:
         self._watcher = asyncio.get_running_loop().create_task(self._watch_token(failed))
 
     async def _watch_token(self, failed: Secret | None) -> None:
-        """Resume once the token source holds a token other than the refused one (a
-        token from the environment never changes: halted until restart)."""
+        """Wait until the token source holds a token other than the refused one, then
+        open the gate for it (a token from the environment never changes: halted until
+        restart)."""
         while True:
             current = self._read_token()
             if current is not None and current != failed:
                 self._token = current
-                self._set_halted(None)
+                if self._sending:
+                    # A halt caused by a request holds that request (and any sent with
+                    # the refused token): they try the new one, and TikTok's answer to
+                    # them decides whether the halt is over.
+                    self._trial = current
+                    log.warning("trying the new access token from %s", self._access_token.source())
+                else:
+                    # Nothing is held (no usable token at start, before any batch): no
+                    # request can prove this token, and the poll loop hands no batches
+                    # over while halted, so it is used as loaded. A refusal halts again.
+                    self._resume(f"an access token was loaded from {self._access_token.source()}")
                 self._resumed.set()
-                log.warning("a new access token was loaded: delivery resumed")
                 return
             await self._sleep(self._token_check_interval_s)
+
+    def _resume(self, why: str) -> None:
+        self._trial = None
+        self._set_halted(None)
+        log.warning("delivery resumed: %s", why)
 
     def _read_token(self) -> Secret | None:
         token = self._access_token.current()
@@ -423,8 +530,12 @@ class Sender:
         tally.rejected.extend((item, reason) for item in items)
         self._count_sent(items, "rejected")
         # The reason itself goes to the dead letter; the log keeps to what is safe to
-        # repeat (TikTok's messages may quote event values).
-        log.warning("%d event(s) rejected for good: %s", len(items), reason.split(":", 1)[0][:80])
+        # repeat (TikTok's messages may quote event values). The client redacted the
+        # reason already; redacting again before the split and the cut means neither
+        # can ever leave the start of a token in the log.
+        secrets = () if self._token is None else (self._token.reveal(),)
+        head = redact(reason, secrets).split(":", 1)[0]
+        log.warning("%d event(s) rejected for good: %s", len(items), shorten(head, _LOGGED_REASON))
 
     def _count_sent(self, items: Sequence[PendingEvent], outcome: str) -> None:
         for event, count in Counter(item.event.event for item in items).items():
@@ -438,6 +549,16 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def _shows_token_accepted(result: Classification) -> bool:
+    """Whether TikTok took the token to answer this: it judged the events (accepted them,
+    or refused them for their content, which it checks after the token). A timeout, a
+    5xx, a rate limit or a bare HTTP status may come before the token is looked at, or
+    from a proxy; an event that cannot be encoded is refused before any request."""
+    return result.delivered or (
+        result.verdict is Verdict.BAD_PAYLOAD and result.tiktok_code is not None
+    )
 
 
 def _split(

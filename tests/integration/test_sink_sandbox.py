@@ -236,8 +236,9 @@ def test_bad_events_are_rejected_with_the_sandbox_message_and_the_rest_stored(
         [done] = outcomes(sender, 1)
     rejected = {item.ref: reason for item, reason in done.rejected}
     assert set(rejected) == {4, 11}
-    assert rejected[4].startswith("40002 Invalid value for data[0].event_id")
-    assert rejected[11].startswith("40062 PII not hashed: data[0].user.email")
+    # Named by their indexes in the batch, not in the requests that carried them alone.
+    assert rejected[4].startswith("40002 Invalid value for data[4].event_id")
+    assert rejected[11].startswith("40062 PII not hashed: data[11].user.email")
     assert "jane@example.com" not in rejected[11]
     good = [item for item in batch.items if item.ref not in (4, 11)]
     assert sorted(p.ref for p in done.accepted) == sorted(p.ref for p in good)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import string
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -112,3 +113,131 @@ def test_phone_hash_is_independent_of_formatting(number: int) -> None:
     except pii.PiiError:
         return  # not a possible US number: nothing to compare
     assert pii.hash_phone(spaced) == expected
+
+
+# -- the hash caches ---------------------------------------------------------------------
+
+
+def uncached(hasher: str, value: str, region: str | None = None) -> str:
+    """What the hashers compute, without any cache (module docstring)."""
+    if pii.is_sha256_hex(value):
+        return value.lower()
+    if hasher == "email":
+        return pii.sha256_hex(pii.normalize_email(value))
+    if hasher == "phone":
+        return pii.sha256_hex(pii.normalize_phone(value, region))
+    return pii.sha256_hex(pii.normalize_external_id(value))
+
+
+def cached(hasher: str, value: str, region: str | None = None) -> str:
+    if hasher == "email":
+        return pii.hash_email(value)
+    if hasher == "phone":
+        return pii.hash_phone(value, region)
+    return pii.hash_external_id(value)
+
+
+PADDING = 3_000_000
+
+
+@pytest.mark.parametrize(
+    ("hasher", "value"),
+    [("email", "user{}@example.com"), ("external_id", "user-{}"), ("phone", "+1415555{:04d}")],
+)
+def test_values_padded_to_megabytes_are_not_kept_by_the_cache(hasher: str, value: str) -> None:
+    # 300 records of 3 MB each once kept 900 MB alive through caches keyed on raw values.
+    pii.cache_clear()
+    for i in range(300):
+        padded = " " * PADDING + value.format(i) + "\t" * (i % 3)
+        assert cached(hasher, padded) == uncached(hasher, value.format(i))
+    info = pii.cache_info()
+    assert info.entries == 300
+    assert info.bytes <= info.max_bytes == pii.HASH_CACHE_BYTES
+    # The trimmed values only: far below even one padded value.
+    assert info.bytes < PADDING // 10
+
+
+def test_the_cache_stays_within_its_byte_bound_and_evicts_the_least_recently_used() -> None:
+    pii.cache_clear()
+    first = "first@example.com"
+    pii.hash_email(first)
+    count = 40_000  # well past what half of HASH_CACHE_BYTES holds
+    for i in range(count):
+        pii.hash_email(f"visitor.{i}@example.com")
+        if i % 1000 == 0:
+            pii.hash_email(first)  # kept recent: never evicted
+        info = pii.cache_info()
+        assert info.bytes <= info.max_bytes
+    info = pii.cache_info()
+    assert 1000 < info.entries < count
+    assert info.bytes > info.max_bytes // 3  # the email share is actually used
+    entries = pii._EMAILS._entries  # the order of eviction is not visible otherwise
+    assert first in entries
+    assert "visitor.0@example.com" not in entries  # the oldest went first
+    assert f"visitor.{count - 1}@example.com" in entries
+
+
+def test_invalid_values_are_not_cached() -> None:
+    pii.cache_clear()
+    for bad in ["not-an-address", " x" * 10_000 + "@example.com"]:
+        for _ in range(2):
+            with pytest.raises(pii.PiiError):
+                pii.hash_email(bad)
+    assert pii.cache_info().entries == 0
+
+
+@pytest.mark.parametrize(("hasher", "raw", "expected"), VECTORS)
+def test_reference_vectors_are_the_same_from_the_cache(
+    hasher: object, raw: str, expected: str
+) -> None:
+    pii.cache_clear()
+    assert hasher(raw) == expected  # type: ignore[operator]  # a miss
+    assert hasher(raw) == expected  # type: ignore[operator]  # a hit
+    assert hasher(f"  {raw}\n") == expected  # type: ignore[operator]  # the same trimmed key
+
+
+Hasher = Callable[[str, str, str | None], str]
+
+
+def outcome(compute: Hasher, hasher: str, value: str, region: str | None) -> str | type[Exception]:
+    """The digest, or PiiError when the value is refused."""
+    try:
+        return compute(hasher, value, region)
+    except pii.PiiError:
+        return pii.PiiError
+
+
+values = st.one_of(
+    st.text(max_size=40),
+    emails,
+    st.builds(lambda e: e.upper(), emails),
+    st.text("0123456789 +()-", max_size=20),
+    st.text("0123456789abcdefABCDEF", min_size=64, max_size=64),
+)
+padded = st.builds(
+    lambda left, value, right: left + value + right,
+    st.text(" \t\n", max_size=4),
+    values,
+    st.text(" \t\n", max_size=4),
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["email", "phone", "external_id"]),
+            padded,
+            st.sampled_from([None, "US", "GB"]),
+        ),
+        max_size=30,
+    )
+)
+def test_cached_hashing_gives_what_uncached_hashing_gives(
+    calls: list[tuple[str, str, str | None]],
+) -> None:
+    # Twice over, so each value is looked up as a miss and then (when valid) as a hit,
+    # with the caches holding whatever earlier examples left in them.
+    for _ in range(2):
+        for hasher, value, region in calls:
+            expected = outcome(uncached, hasher, value, region)
+            assert outcome(cached, hasher, value, region) == expected
