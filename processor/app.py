@@ -39,6 +39,7 @@ import orjson
 from processor.batching import Batch, Batcher, PendingEvent
 from processor.config import Config
 from processor.dlq import DeadLetter, DeadLetterGuard, DeadLetterWriter, header_map
+from processor.liveness import StallWatch
 from processor.metrics import Metrics
 from processor.offsets import OffsetTracker, PartitionTracker, TopicPartition
 from processor.source import KafkaError, Message, Source, message_headers
@@ -53,6 +54,11 @@ CONSUME_BATCH = 500
 GAUGE_INTERVAL_S = 2.0
 #: How long a stop waits for the broker to confirm the final commit, seconds.
 FINAL_COMMIT_TIMEOUT_S = 10.0
+#: How soon offsets are committed after a dead letter is acknowledged, seconds.
+DEAD_LETTER_COMMIT_S = 0.1
+#: A stop takes at most ``drain_timeout_s`` plus this: the final commit, closing the
+#: sender and leaving the group (the chart's grace period must allow for it).
+STOP_OVERHEAD_S = 15.0
 #: How often librdkafka reports statistics, ms: how an outage is seen to end.
 STATS_INTERVAL_MS = 5000
 #: The readiness reason of a member without partitions (``--workers`` tells it apart).
@@ -119,9 +125,13 @@ class RunReport:
     events_mapped: int = 0
     events_accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    #: Records skipped as copies (replay-dlq: a dead letter written twice).
+    duplicates: int = 0
 
     def reject(self, stage: str) -> None:
-        self.rejected[stage] = self.rejected.get(stage, 0) + 1
+        # Plain text keys: a Stage member would not survive JSON encoding of the summary.
+        name = str(stage)
+        self.rejected[name] = self.rejected.get(name, 0) + 1
 
 
 class StopProcessing(Exception):
@@ -138,25 +148,43 @@ class Mode:
     ``stop_at_end``: stop once every assigned partition is read to its end and
     everything is done. ``identity`` gives the (topic, partition, offset) a
     record is transformed as (a dead letter is transformed as its source record,
-    so its event ids do not change).
+    so its event ids do not change), or None for a record to skip (a second dead
+    letter of a source record already replayed).
     """
 
     dead_letter: bool = True
     stop_at_end: bool = False
-    identity: Callable[[Message], tuple[str, int, int]] | None = None
+    identity: Callable[[Message], tuple[str, int, int] | None] | None = None
 
 
-def dead_letter_identity(message: Message) -> tuple[str, int, int]:
-    """A dead letter's source record, from its headers."""
-    headers = header_map(message_headers(message))
-    try:
-        return (
-            headers["dlq.source.topic"],
-            int(headers["dlq.source.partition"]),
-            int(headers["dlq.source.offset"]),
-        )
-    except (KeyError, ValueError):
-        return (str(message.topic()), int(message.partition() or 0), int(message.offset() or 0))
+class DeadLetterIdentity:
+    """A dead letter's source record, from its headers; None for a source record met
+    before in this replay. A record can be dead-lettered more than once (a crash after
+    the dead letter was written and before its offset was committed writes it again on
+    redelivery): replaying it once re-runs every mapping of the record, so the copies
+    are skipped."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, int, int]] = set()
+
+    def __call__(self, message: Message) -> tuple[str, int, int] | None:
+        headers = header_map(message_headers(message))
+        try:
+            source = (
+                headers["dlq.source.topic"],
+                int(headers["dlq.source.partition"]),
+                int(headers["dlq.source.offset"]),
+            )
+        except (KeyError, ValueError):
+            source = (
+                str(message.topic()),
+                int(message.partition() or 0),
+                int(message.offset() or 0),
+            )
+        if source in self._seen:
+            return None
+        self._seen.add(source)
+        return source
 
 
 SourceFactory = Callable[..., Source]
@@ -267,6 +295,7 @@ class Processor:
             on_commit_failed=self._commit_failed,
             extra=extra,
         )
+        self._stalls = StallWatch(self._delivery.stall_timeout_s)
         self._outstanding_events = 0
         self._stop_requested = False
         self._stop_reason: str | None = None
@@ -276,8 +305,11 @@ class Processor:
         self._at_end: set[TopicPartition] = set()
         self.report = RunReport()
         self._halt_logged: str | None = None
+        self._stall_logged = False
         self._dead_letter_error: str | None = None
         self._final_commit_done = False
+        self._closing = False
+        self._dead_letter_acked = False
         # Counted per turn and added to the metrics once per turn: a prometheus
         # inc() takes a lock, too dear once per record.
         self._consumed_now: dict[str, int] = {}
@@ -292,7 +324,8 @@ class Processor:
 
     @property
     def ready(self) -> tuple[bool, str]:
-        """Not halted, the brokers reachable, partitions assigned (for ``/readyz``)."""
+        """Not halted, the brokers reachable, partitions assigned, and none of them
+        stalled (for ``/readyz``)."""
         halted = self._sender.halted
         if halted:
             return False, f"halted: {halted}"
@@ -301,6 +334,9 @@ class Processor:
             return False, down
         if not self._source.assignment:
             return False, NO_PARTITIONS
+        stalled = self._stalls.describe()
+        if stalled:
+            return False, f"stalled: {stalled}"
         return True, "ok"
 
     def run(self) -> int:
@@ -388,14 +424,11 @@ class Processor:
             self._dead_letters.poll()
         self._metrics.buffered_events.set(self._outstanding_events)
         halted = self._sender.halted
-        if halted != self._halt_logged:
-            if halted:
-                log.error(
-                    "delivery halted, consumption paused, nothing committed past it: %s", halted
-                )
-            else:
-                log.warning("delivery resumed: the access token was replaced")
-            self._halt_logged = halted
+        if halted and not self._halt_logged:
+            log.error("delivery halted, consumption paused, nothing committed past it: %s", halted)
+        # The sender logs what ends a halt or prolongs it, as only it knows which: a new
+        # token tried, refused too ("still halted"), or accepted ("delivery resumed").
+        self._halt_logged = halted
 
     def _handle(self, message: Message, now: float) -> None:
         error = message.error()
@@ -423,9 +456,13 @@ class Processor:
         identity = (
             self._mode.identity(message) if self._mode.identity else (topic, partition, offset)
         )
-        result = self._transformer.transform(identity[0], identity[1], identity[2], message.value())
         self._consumed_now[topic] = self._consumed_now.get(topic, 0) + 1
         self.report.records += 1
+        if identity is None:  # replay: a copy of a dead letter already replayed
+            tracker.track(offset, 0, now)
+            self.report.duplicates += 1
+            return
+        result = self._transformer.transform(identity[0], identity[1], identity[2], message.value())
         kind, stamp = message.timestamp()
         timestamp = stamp / 1000.0 if kind and stamp > 0 else now
         work = len(result.events) + len(result.rejected)
@@ -486,6 +523,7 @@ class Processor:
                 )
                 return
             ref.tracker.finish(ref.offset)
+            self._dead_letter_acked = True
 
         self._dead_letters.write(letter, written)
 
@@ -503,8 +541,13 @@ class Processor:
             self._metrics.paused.set(0)
 
     def _commit_if_due(self, now: float) -> None:
-        if (now - self._last_commit) * 1000 < self._delivery.commit_interval_ms:
+        since = now - self._last_commit
+        # A dead letter just acknowledged is committed past soon: until its offset is
+        # committed, a crash writes it again on redelivery (a duplicate dead letter).
+        soon = self._dead_letter_acked and since >= DEAD_LETTER_COMMIT_S
+        if not soon and since * 1000 < self._delivery.commit_interval_ms:
             return
+        self._dead_letter_acked = False
         self._last_commit = now
         positions = self._offsets.to_commit()
         if positions and self._source.commit(positions, asynchronous=True):
@@ -542,8 +585,20 @@ class Processor:
         m.assigned_partitions.set(len(self._offsets))
         oldest = self._offsets.oldest_pending_timestamp()
         m.oldest_unfinished_age.set(0.0 if oldest is None else max(0.0, now - oldest))
-        for tp, lag in self._source.lag().items():
-            m.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        lags = self._source.lag()
+        for tp, lag in lags.items():
+            m.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag.lag)
+        idle = self._stalls.observe(
+            {tp: lag.lag for tp, lag in lags.items()},
+            {tp: lag.position for tp, lag in lags.items()},
+            {t.tp: t.position() for t in self._offsets},
+            now,
+        )
+        for tp, seconds in idle.items():
+            m.partition_stalled.labels(tp.topic, str(tp.partition)).set(seconds)
+        if self._stalls.stalled() and not self._stall_logged:
+            log.error("stall: %s", self._stalls.describe())
+        self._stall_logged = bool(self._stalls.stalled())
 
     def _finished(self) -> bool:
         assignment = self._source.assignment
@@ -557,8 +612,10 @@ class Processor:
     # -- rebalance ------------------------------------------------------------
 
     def _assigned(self, partitions: list[TopicPartition]) -> None:
+        now = self._clock()
         for tp in partitions:
             self._offsets.assign(tp)
+            self._stalls.assigned(tp, now)
         self._broker.answered()
         self._metrics.rebalances.labels("assigned").inc(len(partitions))
         self._metrics.assigned_partitions.set(len(self._offsets))
@@ -601,6 +658,7 @@ class Processor:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._offsets.revoke(tp)
+            self._stalls.forget(tp)
             self._at_end.discard(tp)
             self._metrics.forget_partition(tp.topic, tp.partition)
         dropped = self._batcher.discard(lambda ref: ref.tracker.active)
@@ -609,8 +667,12 @@ class Processor:
 
     def _drain_timeout(self) -> float:
         # A halted sender completes nothing until the token changes: waiting for it
-        # would only hold up the rebalance or the stop.
-        return 0.0 if self._sender.halted else self._delivery.drain_timeout_s
+        # would only hold up the rebalance or the stop. Leaving the group at the end of
+        # a stop revokes everything once more, after the stop's own drain and with the
+        # sender closed: nothing can complete any more, so it must not wait again.
+        if self._sender.halted or self._closing:
+            return 0.0
+        return self._delivery.drain_timeout_s
 
     def _drain(self, done: Callable[[], bool], timeout: float, *, serve: bool = False) -> bool:
         """Flush every batch and serve completions until ``done()`` or ``timeout``.
@@ -651,6 +713,7 @@ class Processor:
             )
         self._commit_all()
         self._sender.close(timeout=1.0)
+        self._closing = True
         self._source.close()
         log.info(
             "stopped: %d records, %d filtered, %d events accepted, rejected %s",

@@ -19,8 +19,8 @@ from typing import TextIO
 import orjson
 
 from processor import __version__
-from processor.config import Config
-from processor.errors import ConfigError
+from processor.config import Config, one_line
+from processor.errors import ConfigError, ProcessorError
 from processor.mapping.values import describe
 from processor.preview import preview
 from processor.transform import Transformer, load_pipeline
@@ -45,7 +45,17 @@ def _parse_now(text: str) -> float:
 
 def _load(path: str, *, now: float | None = None) -> tuple[Config, Transformer, tuple[str, ...]]:
     clock = (lambda: now) if now is not None else time.time
-    return load_pipeline(path, clock=clock)
+    try:
+        return load_pipeline(path, clock=clock)
+    except ProcessorError:
+        raise
+    except Exception as exc:
+        # Last resort: whatever a file makes loading do, the answer is one line, not a
+        # traceback (every cause found is already a ConfigError; this one is a bug).
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ConfigError(
+            [f"{path}: cannot be loaded ({reason}); a bug in the processor, please report it"]
+        ) from exc
 
 
 def _print_summary(config: Config, transformer: Transformer, out: TextIO) -> None:
@@ -145,6 +155,7 @@ def cmd_replay_dlq(args: argparse.Namespace) -> int:
         "filtered": report.filtered,
         "events_delivered": report.events_accepted,
         "still_rejected": report.rejected,
+        "duplicates_skipped": report.duplicates,
     }
     if args.json:
         print(orjson.dumps(summary).decode())
@@ -152,6 +163,7 @@ def cmd_replay_dlq(args: argparse.Namespace) -> int:
         print(
             f"replayed {report.records} dead letters: {report.events_accepted} events delivered, "
             f"{report.filtered} filtered, still rejected {report.rejected or 'none'}"
+            + (f", {report.duplicates} duplicates skipped" if report.duplicates else "")
         )
     return EXIT_OK
 
@@ -310,7 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line per problem, whatever the file held (keys with line breaks, …).
+        lines = [f"  {one_line(problem)}" for problem in exc.problems]
+        print("error: invalid configuration:", *lines, sep="\n", file=sys.stderr)
         return EXIT_ERROR
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: file not found", file=sys.stderr)

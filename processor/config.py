@@ -10,6 +10,12 @@ Secrets (the TikTok access token, librdkafka passwords) are held in
 never read from the YAML file itself: it comes from an environment variable or
 a file, and the file is re-read after a token error so rotation needs no restart.
 
+The file is read by :mod:`processor.safeyaml` within bounds (size, nesting, the
+number of values with aliases expanded; no duplicate keys), and no input makes
+loading raise anything but :class:`~processor.errors.ConfigError`: a path that
+cannot be checked, an environment value that is not text or a URL that does not
+parse is a problem like any other, and every problem is one line.
+
 Environment overrides (applied before validation, so they are validated too):
 
 =============================  ===================================
@@ -27,26 +33,44 @@ Environment overrides (applied before validation, so they are validated too):
 from __future__ import annotations
 
 import difflib
+import errno
+import ipaddress
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import jsonschema_rs
-import yaml
 
 from processor.errors import ConfigError
+from processor.safeyaml import read_yaml_file
 from processor.schemas import MASK, SCHEMAS_DIR, format_path, load_schema
 
 DEFAULT_ENDPOINT: Final = "https://business-api.tiktok.com/open_api/v1.3/event/track/"
 DEFAULT_TOKEN_ENV: Final = "TIKTOK_ACCESS_TOKEN"  # noqa: S105 - a variable name, not a token
 CONFIG_SCHEMA: Final = "config.schema.json"
+#: librdkafka's default message.max.bytes: a larger record is dead-lettered unparsed.
+DEFAULT_MAX_RECORD_BYTES: Final = 1_000_000
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SECRET_SETTING = re.compile(r"password|secret|token|key\.pem|credentials", re.IGNORECASE)
+#: A token is a few dozen characters; a larger file is not a token (and /dev/zero never ends).
+MAX_TOKEN_FILE_BYTES: Final = 64 * 1024
+#: Longer problems keep their start (the path) and end (the message), so one enormous
+#: key or value cannot turn the error report into a megabyte.
+MAX_PROBLEM_CHARS: Final = 400
+# Everything that could break a problem line or a terminal: C0/C1 controls and the
+# characters str.splitlines() treats as line ends.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_NETLOC = re.compile(
+    r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]@]+))(?::(?P<port>[0-9]{1,5}))?$"
+)
 
 
 class Secret:
@@ -96,14 +120,25 @@ class AccessToken:
         return f"environment variable {self.env_name} ({state})"
 
     def current(self) -> Secret | None:
-        """The token now: the file's content (re-read on every call) or the env value."""
+        """The token now: the file's content (re-read on every call) or the env value.
+        None when the file cannot be read as a token (missing, not UTF-8, too large)."""
         if self.file is not None:
             try:
-                text = self.file.read_text(encoding="utf-8").strip()
-            except OSError:
+                text = _read_token_file(self.file)
+            except (OSError, ValueError):
                 return None
             return Secret(text) if text else None
         return self.env_value
+
+
+def _read_token_file(path: Path) -> str:
+    """The token text of ``path``. Raises OSError, or ValueError when it is larger than
+    :data:`MAX_TOKEN_FILE_BYTES` or not UTF-8 (UnicodeDecodeError)."""
+    with path.open("rb") as file:
+        data = file.read(MAX_TOKEN_FILE_BYTES + 1)
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_TOKEN_FILE_BYTES // 1024} KiB")
+    return data.decode("utf-8").strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +148,8 @@ class KafkaConfig:
     client_id: str = "tiktok-events"
     dead_letter_topic: str | None = None
     group_protocol: str = "classic"
+    #: A record whose value is larger is dead-lettered unparsed (stage decode).
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     # Values whose names look secret are wrapped in Secret.
     settings: Mapping[str, str | Secret] = field(default_factory=dict)
 
@@ -146,6 +183,25 @@ class DeliveryConfig:
     max_future_skew_s: float = 3600.0
     commit_interval_ms: int = 1000
     drain_timeout_s: float = 30.0
+    #: A partition with lag and no progress for this long fails /readyz (a stall).
+    stall_timeout_s: float = 120.0
+
+
+#: Original headers a dead letter never copies, unless the configuration says otherwise:
+#: a producer may have put credentials in them, and the dead-letter topic is read by more
+#: people than the source topic.
+DEFAULT_DENIED_HEADERS: Final = (
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "*token*",
+    "*secret*",
+    "*password*",
+    "*api-key*",
+    "*apikey*",
+    "*credential*",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +209,12 @@ class DeadLetterConfig:
     max_ratio: float = 0.5
     window: int = 1000
     max_consecutive: int = 1000
+    #: A dead letter (key, value, headers) is made to fit this; librdkafka's default
+    #: message.max.bytes, below the broker's default max.message.bytes.
+    max_message_bytes: int = 1_000_000
+    #: Shell-style patterns (case-insensitive) of original header names to copy.
+    allow_headers: tuple[str, ...] = ("*",)
+    deny_headers: tuple[str, ...] = DEFAULT_DENIED_HEADERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,23 +284,45 @@ _ENV_OVERRIDES: Final = {
 }
 
 
-def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _is_text(value: str) -> bool:
+    # Python keeps undecodable environment bytes as lone surrogates, which every
+    # consumer of the value (schema validator, librdkafka, stdout) would choke on.
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    problems: list[str] = []
     for name, (section, key) in _ENV_OVERRIDES.items():
         if name in environ:
             value: Any = environ[name]
-            if key == "port" and value.isdigit():
+            if not _is_text(value):
+                problems.append(f"{name}: not UTF-8 text")
+                continue
+            # Only plain ASCII digits (int() also reads "²" and has a length limit);
+            # anything else stays a string and the schema reports it as the field.
+            if key == "port" and value.isascii() and value.isdigit() and len(value) <= 6:
                 value = int(value)
             target = raw.setdefault(section, {})
             if isinstance(target, dict):
                 target[key] = value
     for name, value in environ.items():
         if name.startswith("KAFKA_SETTING_") and len(name) > len("KAFKA_SETTING_"):
+            if not (_is_text(name) and _is_text(value)):
+                problems.append(f"{name}: not UTF-8 text")
+                continue
             kafka = raw.setdefault("kafka", {})
             if isinstance(kafka, dict):
                 settings = kafka.setdefault("settings", {})
                 if isinstance(settings, dict):
                     prop = name[len("KAFKA_SETTING_") :].lower().replace("_", ".")
                     settings[prop] = value
+    return problems
 
 
 def _schema_node(schema: dict[str, Any], path: Any) -> Any:
@@ -295,7 +379,7 @@ def _build(
     require_token: bool,
     broken: set[str],
 ) -> tuple[Config, list[str]]:
-    problems: list[str] = []
+    problems = _value_problems(raw, broken)
     k = _valid_part(raw, "kafka", broken) or {"bootstrap_servers": "", "group_id": ""}
     t = _valid_part(raw, "tiktok", broken) or {"pixel_code": "INVALID0"}
     kafka = KafkaConfig(
@@ -304,6 +388,7 @@ def _build(
         client_id=k.get("client_id", "tiktok-events"),
         dead_letter_topic=k.get("dead_letter_topic"),
         group_protocol=k.get("group_protocol", "classic"),
+        max_record_bytes=k.get("max_record_bytes", DEFAULT_MAX_RECORD_BYTES),
         settings=_settings(k.get("settings", {})),
     )
     token_env = t.get("access_token_env", DEFAULT_TOKEN_ENV)
@@ -312,9 +397,7 @@ def _build(
         token_file = base / token_file
     env_token = environ.get(token_env, "").strip()
     token = AccessToken(token_env, Secret(env_token) if env_token else None, token_file)
-    if require_token and token.current() is None:
-        where = "tiktok.access_token_file" if token_file else "tiktok.access_token_env"
-        problems.append(f"{where}: no access token in {token.source()}")
+    problems += _listed(_token_problem(token, require_token))
     tiktok = TikTokConfig(
         pixel_code=t["pixel_code"],
         access_token=token,
@@ -333,7 +416,8 @@ def _build(
     if delivery.max_buffered_events < delivery.max_batch_events:
         problems.append("delivery.max_buffered_events: must be at least delivery.max_batch_events")
 
-    schemas_dir = base / raw["schemas_dir"] if "schemas_dir" in raw else SCHEMAS_DIR
+    schemas_dir, schemas_problem = _schemas_dir(raw, base, broken)
+    problems += _listed(schemas_problem)
     mappings: list[MappingConfig] = []
     seen_names: dict[str, int] = {}
     topic_schema: dict[str, tuple[int, str | None]] = {}
@@ -349,8 +433,9 @@ def _build(
         seen_names.setdefault(m["name"], i)
         schema_name = m.get("schema")
         schema_path = schemas_dir / schema_name if schema_name else None
-        if schema_path is not None and not schema_path.is_file():
-            problems.append(f"{where}.schema: file not found: {schema_path}")
+        # With schemas_dir unusable, every schema would repeat its problem.
+        if schema_path is not None and schemas_problem is None:
+            problems += _listed(_path_problem(f"{where}.schema", schema_path))
         first = topic_schema.setdefault(m["topic"], (i, schema_name))
         if first[1] != schema_name:
             problems.append(
@@ -380,11 +465,174 @@ def _build(
         tiktok=tiktok,
         mappings=tuple(mappings),
         delivery=delivery,
-        dead_letter=DeadLetterConfig(**_valid_part(raw, "dead_letter", broken)),
+        dead_letter=_dead_letter(_valid_part(raw, "dead_letter", broken)),
         pii=PiiConfig(**_valid_part(raw, "pii", broken)),
         metrics=MetricsConfig(**_valid_part(raw, "metrics", broken)),
     )
     return config, problems
+
+
+def _dead_letter(raw: Mapping[str, Any]) -> DeadLetterConfig:
+    d = dict(raw)
+    headers = d.pop("headers", {})
+    if "allow" in headers:
+        d["allow_headers"] = tuple(headers["allow"])
+    if "deny" in headers:
+        d["deny_headers"] = tuple(headers["deny"])
+    return DeadLetterConfig(**d)
+
+
+def _listed(problem: str | None) -> list[str]:
+    return [] if problem is None else [problem]
+
+
+def _value_problems(raw: dict[str, Any], broken: set[str]) -> list[str]:
+    """What the schema cannot say about the kafka and tiktok sections' values."""
+    problems: list[str] = []
+    kafka = _valid_part(raw, "kafka", broken)
+    # " " passes the schema's minLength, and librdkafka aborts the whole process
+    # (an assertion in the client) when a consumer's group.id is blank.
+    for key in ("bootstrap_servers", "group_id"):
+        if isinstance(kafka.get(key), str) and not kafka[key].strip():
+            problems.append(f"kafka.{key}: must not be blank")
+    endpoint = _valid_part(raw, "tiktok", broken).get("endpoint")
+    if isinstance(endpoint, str):
+        problems += _listed(_endpoint_problem(endpoint))
+    return problems
+
+
+def _schemas_dir(raw: dict[str, Any], base: Path, broken: set[str]) -> tuple[Path, str | None]:
+    """The folder of input schemas, and its problem if it is not a usable folder."""
+    if not isinstance(raw.get("schemas_dir"), str) or "schemas_dir" in broken:
+        return SCHEMAS_DIR, None
+    folder = base / raw["schemas_dir"]
+    return folder, _path_problem("schemas_dir", folder, folder=True)
+
+
+def _kind(mode: int) -> str:
+    return "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def _path_problem(where: str, path: Path, *, folder: bool = False) -> str | None:
+    """None when ``path`` is a readable file (or a folder); else the problem, naming ``where``.
+
+    Any OSError of the check is a problem, not a crash: ENAMETOOLONG, ELOOP, EACCES …"""
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode) and not folder:
+            # Schemas are read when the pipeline is built: unreadable is found now.
+            with path.open("rb"):
+                pass
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{where}: {'folder' if folder else 'file'} not found: {path}"
+    except OSError as exc:
+        return f"{where}: cannot read {path}: {exc.strerror or exc}"
+    except ValueError:  # a NUL in the name
+        return f"{where}: not a usable path: {path}"
+    if folder and not stat.S_ISDIR(mode):
+        return f"{where}: not a folder: {path}"
+    if not folder and not stat.S_ISREG(mode):
+        return f"{where}: {path} is {_kind(mode)}"
+    return None
+
+
+def _token_problem(token: AccessToken, required: bool) -> str | None:
+    """Why the token cannot be used. Offline (``required`` false) the file need not exist
+    yet, since secrets are mounted where the processor runs; it must not be a directory."""
+    if token.file is None:
+        if required and token.env_value is None:
+            return f"tiktok.access_token_env: no access token in {token.source()}"
+        return None
+    where = "tiktok.access_token_file"
+    try:
+        mode = token.file.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{where}: no access token in {token.source()} (not found)" if required else None
+    except OSError as exc:
+        if not required and exc.errno in (errno.EACCES, errno.EPERM):
+            return None  # this machine may not see the secret; the deployment does
+        return f"{where}: cannot read {token.file}: {exc.strerror or exc}"
+    except ValueError:  # a NUL in the name
+        return f"{where}: not a usable file name"
+    if not stat.S_ISREG(mode):
+        return f"{where}: {token.file} is {_kind(mode)}"
+    if not required:
+        return None
+    try:
+        text = _read_token_file(token.file)
+    except OSError as exc:
+        return f"{where}: cannot read {token.file}: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        return f"{where}: {token.file} is not UTF-8 text"
+    except ValueError as exc:
+        return f"{where}: {token.file} is {exc}"
+    if not text:
+        return f"{where}: no access token in {token.source()} (the file is empty)"
+    return None
+
+
+def _endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` is not an absolute http(s) URL with a host that parses.
+
+    Stricter than the HTTP client on purpose (ASCII host names, ports 1-65535, no
+    user info): whatever passes here, the sink's own check accepts too."""
+    where = "tiktok.endpoint"
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in endpoint):
+        return f"{where}: a URL cannot contain spaces or control characters"
+    try:
+        parts = urlsplit(endpoint)
+    except ValueError as exc:
+        return f"{where}: not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"{where}: must be an absolute http:// or https:// URL with a host"
+    if "@" in parts.netloc:
+        return f"{where}: must not contain a user name or password (the token is a header)"
+    match = _NETLOC.match(parts.netloc)
+    if match is None:
+        return f"{where}: not a valid host[:port]: {parts.netloc!r}"
+    port = match.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        return f"{where}: port {port} is not between 1 and 65535"
+    host = match.group("host")
+    if host is None:
+        try:
+            ipaddress.IPv6Address(match.group("ipv6"))
+        except ValueError:
+            return f"{where}: not a valid IPv6 address: [{match.group('ipv6')}]"
+        return None
+    return _host_problem(where, host)
+
+
+def _host_problem(where: str, host: str) -> str | None:
+    if not host.isascii():
+        return f"{where}: write the host name {host!r} in ASCII (punycode: xn--…)"
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{where}: not a valid IPv4 address: {host}"
+        return None
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        return f"{where}: not a valid host name: {host!r}"
+    for label in labels:
+        if label.lower().startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                return f"{where}: not a valid internationalised host name: {host!r}"
+    return None
+
+
+def one_line(problem: str) -> str:
+    """``problem`` as one printable line of bounded length: control characters and line
+    breaks (from keys, values or paths in the file) are escaped, the middle of an
+    enormous one is elided."""
+    flat = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", problem)
+    if len(flat) > MAX_PROBLEM_CHARS:
+        keep = MAX_PROBLEM_CHARS // 2
+        flat = f"{flat[:keep]} … {flat[-keep:]}"
+    return flat
 
 
 def load_config(
@@ -398,29 +646,30 @@ def load_config(
 
     ``require_token``: the token must be available now (``run`` needs it; the
     offline commands do not). ``check`` returns further problems of a built
-    configuration (the mapping compiler's); it sees only the mappings without
-    structural problems, so one call reports every problem in the file.
-    Raises :class:`ConfigError` listing every problem.
+    configuration (the mapping compiler's, librdkafka's); it sees the sections and
+    mappings without structural problems (a broken section is replaced by its
+    defaults), so one call reports every problem in the file.
+    Raises :class:`ConfigError` listing every problem, each on one line.
     """
     path = Path(path)
     env = os.environ if environ is None else environ
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    raw = read_yaml_file(path)
     if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: the configuration must be a YAML mapping"])
-    _apply_env(raw, env)
-    problems = _structural_problems(raw)
+        found = (
+            "an empty file"
+            if raw is None
+            else f"a YAML {'list' if isinstance(raw, list) else 'scalar'}"
+        )
+        raise ConfigError([f"{path}: the configuration must be a YAML mapping, not {found}"])
+    problems = _apply_env(raw, env)
+    problems += _structural_problems(raw)
     broken = {_section_of(p) for p in problems}
     config, more = _build(raw, path.resolve().parent, env, require_token, broken)
     problems += more
-    if check is not None and config.mappings:
+    if check is not None:
         problems += check(config)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError([one_line(p) for p in problems])
     return replace(config, source=path)
 
 

@@ -7,6 +7,7 @@ exceptions are wrapped at the boundary with ``raise … from exc``::
     ├── ConfigError            bad configuration: fail at start-up, naming every field
     ├── InvalidRecord          one record can never become an event: dead-letter it, commit past it
     ├── SchemaViolation        a document breaks a JSON Schema (path + message)
+    ├── DeadLetterWriteError   the broker will not take a dead letter (too large, refused)
     └── SinkError              the TikTok request did not succeed
         ├── RetryableSinkError   network, timeout, HTTP 408/429/5xx, rate-limit and server codes
         ├── PermanentSinkError   bad payload codes: bisect, deliver the good, dead-letter the bad
@@ -55,6 +56,17 @@ class InvalidRecord(ProcessorError):
         self.reason = reason
         self.mapping = mapping
         super().__init__(f"{stage}: {reason}")
+
+
+class DeadLetterWriteError(ProcessorError):
+    """A dead letter was not written. ``too_large``: the broker (or the producer) refused
+    its size, so a smaller letter may still go through; otherwise it never will, and the
+    processor stops without committing past the record."""
+
+    def __init__(self, reason: str, *, too_large: bool = False) -> None:
+        self.reason = reason
+        self.too_large = too_large
+        super().__init__(reason)
 
 
 class SinkError(ProcessorError):

@@ -43,7 +43,7 @@ from multiprocessing.sharedctypes import Synchronized, SynchronizedString
 from pathlib import Path
 from types import FrameType
 
-from processor.app import NO_PARTITIONS, Mode, Processor, RunReport, dead_letter_identity
+from processor.app import NO_PARTITIONS, DeadLetterIdentity, Mode, Processor, RunReport
 from processor.config import Config
 from processor.dlq import DeadLetterWriter
 from processor.errors import ConfigError
@@ -61,7 +61,7 @@ from processor.metrics import (
     snapshot,
 )
 from processor.sink import Sender
-from processor.source import Source, dead_letter_producer
+from processor.source import DeadLetterProducer, Source, dead_letter_producer
 from processor.transform import Transformer, load_pipeline
 
 log = logging.getLogger(__name__)
@@ -182,14 +182,16 @@ def build_processor(
     *,
     mode: Mode | None = None,
     topics: list[str] | None = None,
-) -> tuple[Processor, object | None]:
+) -> tuple[Processor, DeadLetterProducer | None]:
     """The processor and its dead-letter producer (to flush at the end)."""
     sender = Sender(config.tiktok, config.delivery, metrics)
     producer = None
     dead_letters = None
     if config.kafka.dead_letter_topic and (mode is None or mode.dead_letter):
-        producer = dead_letter_producer(config.kafka)
-        dead_letters = DeadLetterWriter(producer, config.kafka.dead_letter_topic, time.time)
+        producer = DeadLetterProducer(dead_letter_producer(config.kafka))
+        dead_letters = DeadLetterWriter(
+            producer, config.kafka.dead_letter_topic, time.time, config.dead_letter
+        )
     processor = Processor(
         config,
         transformer,
@@ -259,7 +261,7 @@ def run_worker(
         status = processor.run()
     finally:
         if producer is not None:
-            producer.flush(10)  # type: ignore[attr-defined]
+            producer.flush(10)
         for part in (progress, heartbeat, server):
             if part is not None:
                 part.close()
@@ -436,7 +438,7 @@ def replay_dead_letters(
     replay_group = group or f"{config.kafka.group_id}.replay"
     config = replace(config, kafka=replace(config.kafka, group_id=replay_group))
     metrics = Metrics()
-    mode = Mode(dead_letter=False, stop_at_end=True, identity=dead_letter_identity)
+    mode = Mode(dead_letter=False, stop_at_end=True, identity=DeadLetterIdentity())
     processor, _ = build_processor(config, transformer, metrics, mode=mode, topics=[topic])
     _install_signals(processor)
     processor.run()

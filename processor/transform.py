@@ -10,14 +10,14 @@ what a record becomes. It never raises on data: every problem becomes an
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
-from processor.config import Config, load_config
+from processor.config import DEFAULT_MAX_RECORD_BYTES, Config, load_config
 from processor.errors import ConfigError, InvalidRecord, SchemaViolation
 from processor.mapping import CompiledMapping, MappedEvent, compile_mappings
 from processor.schemas import Validator, compile_file, tiktok_event_validator
@@ -77,8 +77,10 @@ class Transformer:
         max_event_age_s: float,
         max_future_skew_s: float,
         clock: Callable[[], float],
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self._plans = dict(plans)
+        self._max_record_bytes = max_record_bytes
         self._validate_output = validate_output
         self._max_age = max_event_age_s
         self._max_skew = max_future_skew_s
@@ -104,6 +106,14 @@ class Transformer:
             return RecordResult(
                 rejected=(InvalidRecord(Stage.DECODE, "record has no value (tombstone)"),)
             )
+        if len(value) > self._max_record_bytes:
+            # Not even parsed: one huge record must cost neither the memory of its
+            # document nor a crash when its dead letter is written.
+            reason = (
+                f"record value is {len(value):,} bytes, above kafka.max_record_bytes "
+                f"{self._max_record_bytes:,}"
+            )
+            return RecordResult(rejected=(InvalidRecord(Stage.DECODE, reason),))
         try:
             record = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
@@ -186,6 +196,7 @@ def build_transformer(
         max_event_age_s=config.delivery.max_event_age_s,
         max_future_skew_s=config.delivery.max_future_skew_s,
         clock=clock,
+        max_record_bytes=config.kafka.max_record_bytes,
     )
     return transformer, warnings
 
@@ -198,15 +209,57 @@ def load_pipeline(
     require_token: bool = False,
 ) -> tuple[Config, Transformer, tuple[str, ...]]:
     """Load the configuration and compile it, reporting every problem of the file
-    (structure, settings and mappings) in one :class:`ConfigError`."""
+    (structure, librdkafka settings and mappings) in one :class:`ConfigError`.
 
-    def mapping_problems(config: Config) -> list[str]:
+    ``require_token`` marks the commands that connect (``run``, ``replay-dlq``): for
+    them the Kafka clients are also built, without brokers, and what librdkafka then
+    refuses is a problem too. The offline commands get that as a warning instead,
+    because building the clients needs what only the deployment may have (secrets
+    from its environment, certificate files)."""
+    # confluent_kafka is loaded only once a configuration is checked, not on import.
+    from processor.source import needs_the_deployment, settings_problems  # noqa: PLC0415
+
+    def compiler_problems(config: Config) -> list[str]:
         try:
             compile_mappings(config)
         except ConfigError as exc:
             return list(exc.problems)
+        except Exception as exc:
+            # A compiler bug this file reaches: compile each mapping alone to name the
+            # one that reaches it, and still report every other problem, not a traceback.
+            if len(config.mappings) == 1:
+                index = config.mappings[0].index
+                return [
+                    f"mappings[{index}]: the mapping compiler failed on it "
+                    f"({type(exc).__name__}: {exc}); a bug in the processor, please report it"
+                ]
+            return [
+                p
+                for m in config.mappings
+                for p in compiler_problems(replace(config, mappings=(m,)))
+            ]
         return []
 
-    config = load_config(path, environ=environ, require_token=require_token, check=mapping_problems)
+    def problems(config: Config) -> list[str]:
+        found = settings_problems(config.kafka, build_clients=require_token)
+        if config.mappings:
+            found += compiler_problems(config)
+        return found
+
+    def offline_problems(config: Config) -> list[str]:
+        # Refusals that the deployment's secrets and files cannot change are errors
+        # offline too; the others (a password only the pod has) are warnings below.
+        found = problems(config)
+        if not found:
+            found = [p for p in settings_problems(config.kafka) if not needs_the_deployment(p)]
+        return found
+
+    check = problems if require_token else offline_problems
+    config = load_config(path, environ=environ, require_token=require_token, check=check)
     transformer, warnings = build_transformer(config, clock)
+    if not require_token:
+        offline = "checked without the deployment's secrets and files: `run` stops if it fails"
+        warnings += tuple(
+            f"{p} ({offline})" for p in settings_problems(config.kafka) if needs_the_deployment(p)
+        )
     return config, transformer, warnings

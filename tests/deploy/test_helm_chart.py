@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from devkit.helm import CONFIG_SCHEMA, VALUES_SCHEMA, sync_values_schema
+from processor.app import STOP_OVERHEAD_S
 from processor.cli import build_parser
 from tests.deploy.conftest import (
     CHART,
@@ -196,10 +197,11 @@ def test_values_schema_rejects_bad_values(helm: HelmRun, setting: str, complaint
     "sets",
     [
         {"terminationGracePeriodSeconds": "30"},  # equal to the default drain timeout
+        {"terminationGracePeriodSeconds": "44"},  # no room for the final commit
         {"terminationGracePeriodSeconds": "10"},
         {"config.delivery.drain_timeout_s": "90"},  # longer than the default grace period
     ],
-    ids=["equal", "shorter", "drain-raised"],
+    ids=["equal", "no-room-to-commit", "shorter", "drain-raised"],
 )
 def test_grace_period_not_longer_than_drain_timeout_fails(
     helm: HelmRun, sets: dict[str, str]
@@ -210,10 +212,11 @@ def test_grace_period_not_longer_than_drain_timeout_fails(
     assert "drain_timeout_s" in proc.stderr
 
 
-def test_grace_period_just_above_drain_timeout_renders(render: Render) -> None:
-    manifests = render(None, {"terminationGracePeriodSeconds": "31"})
+def test_grace_period_of_drain_timeout_plus_the_stop_overhead_renders(render: Render) -> None:
+    # The processor's stop takes at most drain_timeout_s + 15 s (tests/faults measure it).
+    manifests = render(None, {"terminationGracePeriodSeconds": "45"})
     pod = only(manifests, "Deployment")["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] == 31
+    assert pod["terminationGracePeriodSeconds"] == 45
 
 
 def test_hpa_and_keda_together_fail(helm: HelmRun) -> None:
@@ -394,7 +397,7 @@ def test_grace_period_exceeds_drain_in_every_case(render: Render) -> None:
         settings = load_values(values)
         drain = settings["config"].get("delivery", {}).get("drain_timeout_s", 30)
         pod = only(render(values), "Deployment")["spec"]["template"]["spec"]
-        assert pod["terminationGracePeriodSeconds"] > drain
+        assert pod["terminationGracePeriodSeconds"] >= drain + STOP_OVERHEAD_S
 
 
 def test_rolling_update_takes_the_old_pod_down_first(render: Render) -> None:

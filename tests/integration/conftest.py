@@ -1,4 +1,4 @@
-"""Pytest fixtures that give integration tests a real Apache Kafka (run by devkit/kafka.py).
+"""Pytest fixtures that give integration tests a real Apache Kafka (run by devkit/kafka/).
 
 Fixtures:
 
@@ -16,6 +16,12 @@ Fixtures:
   restarted before the next test. Always local, whatever KAFKA_BOOTSTRAP_SERVERS says.
 * ``new_cluster_topic`` (function, `TopicFactory`): like ``new_topic`` on ``kafka_cluster``, with
   a default replication factor of 3.
+* ``sandbox`` (function, `Sandbox`): the TikTok sandbox on a free port, accepting ``TOKEN``.
+* ``make_pipeline`` (function, `MakePipeline`): ``make_pipeline(partitions=3, topic_config=None,
+  dead_letter_topic_config=None, **Pipeline options)`` makes the four sample topics, a
+  dead-letter topic, a group and a configuration file for one test.
+* ``processors`` (function): ``processors(pipeline, *args)`` starts ``tiktok-events run`` as a
+  subprocess (`ProcessorProcess`); every one still running is killed after the test.
 
 Producing, consuming and reading committed offsets: the helpers in `devkit.kafka` (`produce`,
 `consume`, `consume_all`, `committed_offsets`, `wait_for_topic`).
@@ -27,12 +33,16 @@ so ``pytest -m "not kafka"`` runs without Java, and ``-m "not cluster"`` skips t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaException
 
-from devkit.kafka import KafkaCluster, TopicFactory, admin_client, unique_name
+from devkit.kafka import KafkaCluster, ScramUser, TopicFactory, admin_client, free_port, unique_name
+from processor.sandbox import Sandbox
+from tests.integration.pipeline import TOKEN, MakePipeline, Pipeline, ProcessorProcess
 
 _BROKER_FIXTURES = frozenset({"kafka_bootstrap", "new_topic", "kafka_cluster", "new_cluster_topic"})
 _CLUSTER_FIXTURES = frozenset({"kafka_cluster", "new_cluster_topic"})
@@ -107,3 +117,67 @@ def new_cluster_topic(
     )
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(tokens=(TOKEN,)) as box:
+        yield box
+
+
+@pytest.fixture
+def make_pipeline(
+    kafka_bootstrap: str, new_topic: TopicFactory, sandbox: Sandbox, tmp_path: Path
+) -> MakePipeline:
+    def make(
+        partitions: int = 3,
+        topic_config: dict[str, str] | None = None,
+        dead_letter_topic_config: dict[str, str] | None = None,
+        **options: Any,
+    ) -> Pipeline:
+        topics = {
+            kind: new_topic(partitions=partitions, config=topic_config)
+            for kind in ("page_view", "button_click", "sign_up", "form_submit")
+        }
+        return Pipeline(
+            bootstrap=kafka_bootstrap,
+            topics=topics,
+            dead_letter_topic=new_topic(partitions=1, config=dead_letter_topic_config),
+            group=unique_name("group"),
+            sandbox=sandbox,
+            workdir=tmp_path,
+            **options,
+        )
+
+    return make
+
+
+@pytest.fixture
+def processors(tmp_path: Path) -> Iterator[Callable[..., ProcessorProcess]]:
+    started: list[ProcessorProcess] = []
+
+    def start(pipeline: Pipeline, *args: str) -> ProcessorProcess:
+        # The first member serves metrics on the pipeline's port, later ones elsewhere.
+        port = None if not started else free_port()
+        log = tmp_path / f"processor-{len(started)}.log"
+        process = ProcessorProcess(pipeline.config_path, log, *args, metrics_port=port)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.close()
+
+
+@pytest.fixture(scope="module")
+def kafka_sasl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A single-node KRaft broker whose client listener requires SASL/SCRAM, for one module.
+
+    ``bootstrap_servers`` is its address, ``client_config`` the librdkafka settings that log in
+    (SCRAM-SHA-256; SCRAM-SHA-512 works too) and ``sasl`` the `ScramUser` ("alice", with a
+    password no other run uses, so a leak of it cannot be a coincidence). Always local, whatever
+    KAFKA_BOOTSTRAP_SERVERS says; tests using it mark themselves ``kafka``.
+    """
+    user = ScramUser("alice", unique_name("alice-secret"))
+    with KafkaCluster(tmp_path_factory.mktemp("kafka-sasl"), nodes=1, sasl=user) as broker:
+        yield broker

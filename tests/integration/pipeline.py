@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import yaml
 
-from devkit.kafka import committed_offsets, free_port
+from devkit.kafka import committed_offsets, consume_all, free_port
+from processor.dlq import header_map
 from processor.sample import SampleRecord
 from processor.sample_producer import generate, produce_sample
 from processor.sandbox import Sandbox
@@ -52,6 +53,7 @@ class Pipeline:
     workdir: Path
     delivery: dict[str, Any] = field(default_factory=dict)
     dead_letter: dict[str, Any] = field(default_factory=dict)
+    kafka: dict[str, Any] = field(default_factory=dict)
     group_protocol: str = "classic"
     derived_ids: bool = False
     metrics_port: int = field(default_factory=free_port)
@@ -69,6 +71,7 @@ class Pipeline:
             group_id=self.group,
             dead_letter_topic=self.dead_letter_topic,
             group_protocol=self.group_protocol,
+            **self.kafka,
         )
         raw["tiktok"] = {
             "pixel_code": raw["tiktok"]["pixel_code"],
@@ -137,9 +140,16 @@ class ProcessorProcess:
     """``tiktok-events run`` in a subprocess, its log in a file."""
 
     def __init__(
-        self, config: Path, log: Path, *args: str, metrics_port: int | None = None
+        self,
+        config: Path,
+        log: Path,
+        *args: str,
+        metrics_port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        overrides = env or {}  # the only KAFKA_*/TIKTOK_* variables the processor gets
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "TIKTOK_"))}
+        env.update(overrides)
         if metrics_port is not None:
             env["METRICS_PORT"] = str(metrics_port)
         self.log_path = log
@@ -182,3 +192,31 @@ class ProcessorProcess:
             self.process.kill()
             self.process.wait(10)
         self._log.close()
+
+
+MakePipeline = Callable[..., Pipeline]
+
+
+def end_offsets(pipeline: Pipeline, kind: str) -> dict[int, int]:
+    """{partition: end offset} of a topic, read back from the topic itself."""
+    ends: dict[int, int] = {}
+    for record in consume_all(pipeline.bootstrap, pipeline.topics[kind]):
+        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+    return ends
+
+
+def all_committed(pipeline: Pipeline) -> bool:
+    return all(
+        all(
+            pipeline.committed(kind).get(p, 0) >= end
+            for p, end in end_offsets(pipeline, kind).items()
+        )
+        for kind in pipeline.topics
+    )
+
+
+def dead_letters(pipeline: Pipeline) -> list[dict[str, Any]]:
+    return [
+        {"value": r.value, "key": r.key, **header_map(r.headers)}
+        for r in consume_all(pipeline.bootstrap, pipeline.dead_letter_topic)
+    ]

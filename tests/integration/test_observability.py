@@ -26,15 +26,8 @@ from devkit import promtool as promtool_fetcher
 from devkit.kafka import KafkaCluster, TopicFactory, produce, unique_name
 from processor.sandbox import Sandbox
 from tests.conftest import ROOT
-from tests.integration import test_pipeline as pipeline_tests
-from tests.integration.pipeline import TOKEN, Pipeline, ProcessorProcess, wait_for
-from tests.integration.test_pipeline import MakePipeline
+from tests.integration.pipeline import TOKEN, MakePipeline, Pipeline, ProcessorProcess, wait_for
 from tests.unit.test_metrics import ALERTS, dashboard_exprs
-
-# The pipeline tests' fixtures: a sandbox, pipelines on fresh topics, processor processes.
-sandbox = pipeline_tests.sandbox
-make_pipeline = pipeline_tests.make_pipeline
-processors = pipeline_tests.processors
 
 Processors = Callable[..., ProcessorProcess]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -113,7 +106,7 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests(promtool: Path) ->
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 5 rules found" in check.stdout
+    assert "SUCCESS: 6 rules found" in check.stdout
     tests = subprocess.run(
         [str(promtool), "test", "rules", str(ALERT_TESTS)],
         capture_output=True,
@@ -347,7 +340,11 @@ def test_readiness_fails_while_the_brokers_are_down_and_recovers(
         errors = pipeline.metric("tiktok_events_kafka_errors_total") or 0
         assert errors >= 1
         cluster.restart(0)
-        wait_for(lambda: get(pipeline, "/readyz") == (200, "ok"), 120, "readiness to return")
+        wait_for(
+            lambda: get(pipeline, "/readyz") == (200, "ok"),
+            120,
+            f"readiness to return ({get(pipeline, '/readyz')})",
+        )
         _, expected = pipeline.sample(100, seed=76)
         pipeline.wait_delivered(expected)
         processor.terminate()

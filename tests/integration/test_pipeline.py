@@ -12,95 +12,22 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import orjson
 import pytest
 
-from devkit.kafka import TopicFactory, consume_all, free_port, produce, unique_name
-from processor.dlq import header_map
+from devkit.kafka import consume_all, produce
 from processor.sandbox import Sandbox
 from tests.conftest import ROOT
 from tests.integration.pipeline import (
     TOKEN,
-    Pipeline,
+    MakePipeline,
     ProcessorProcess,
+    all_committed,
+    dead_letters,
     wait_for,
 )
-
-MakePipeline = Callable[..., Pipeline]
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(tokens=(TOKEN,)) as box:
-        yield box
-
-
-@pytest.fixture
-def make_pipeline(
-    kafka_bootstrap: str, new_topic: TopicFactory, sandbox: Sandbox, tmp_path: Path
-) -> MakePipeline:
-    def make(partitions: int = 3, **options: Any) -> Pipeline:
-        topics = {
-            kind: new_topic(partitions=partitions)
-            for kind in ("page_view", "button_click", "sign_up", "form_submit")
-        }
-        return Pipeline(
-            bootstrap=kafka_bootstrap,
-            topics=topics,
-            dead_letter_topic=new_topic(partitions=1),
-            group=unique_name("group"),
-            sandbox=sandbox,
-            workdir=tmp_path,
-            **options,
-        )
-
-    return make
-
-
-@pytest.fixture
-def processors(tmp_path: Path) -> Iterator[Callable[..., ProcessorProcess]]:
-    started: list[ProcessorProcess] = []
-
-    def start(pipeline: Pipeline, *args: str) -> ProcessorProcess:
-        # The first member serves metrics on the pipeline's port, later ones elsewhere.
-        port = None if not started else free_port()
-        log = tmp_path / f"processor-{len(started)}.log"
-        process = ProcessorProcess(pipeline.config_path, log, *args, metrics_port=port)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.close()
-
-
-def end_offsets(pipeline: Pipeline, kind: str) -> dict[int, int]:
-    """{partition: end offset} of a topic, read back from the topic itself."""
-    ends: dict[int, int] = {}
-    for record in consume_all(pipeline.bootstrap, pipeline.topics[kind]):
-        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
-    return ends
-
-
-def all_committed(pipeline: Pipeline) -> bool:
-    return all(
-        all(
-            pipeline.committed(kind).get(p, 0) >= end
-            for p, end in end_offsets(pipeline, kind).items()
-        )
-        for kind in pipeline.topics
-    )
-
-
-def dead_letters(pipeline: Pipeline) -> list[dict[str, Any]]:
-    return [
-        {"value": r.value, "key": r.key, **header_map(r.headers)}
-        for r in consume_all(pipeline.bootstrap, pipeline.dead_letter_topic)
-    ]
 
 
 def test_sample_clickstream_is_delivered_and_committed(
@@ -232,6 +159,14 @@ def test_a_bad_event_in_a_batch_is_dead_lettered_alone_with_tiktoks_message(
     sandbox.set_faults(None)
     processor.terminate()
     assert processor.wait(30) == 0
+    # One of them dead-lettered twice (as a crash between writing it and committing does):
+    # the replay sends each source record once.
+    (first, *_) = consume_all(pipeline.bootstrap, pipeline.dead_letter_topic)
+    produce(
+        pipeline.bootstrap,
+        pipeline.dead_letter_topic,
+        [(first.key, first.value, list(first.headers))],
+    )
     replay = subprocess.run(
         [sys.executable, "-m", "processor", "replay-dlq", "--config", str(pipeline.config_path),
          "--json", "--log-format", "text"],
@@ -239,7 +174,13 @@ def test_a_bad_event_in_a_batch_is_dead_lettered_alone_with_tiktoks_message(
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr
     report = json.loads(replay.stdout.strip().splitlines()[-1])
-    assert report == {"dead_letters": 3, "filtered": 0, "events_delivered": 3, "still_rejected": {}}
+    assert report == {
+        "dead_letters": 4,
+        "filtered": 0,
+        "events_delivered": 3,
+        "still_rejected": {},
+        "duplicates_skipped": 1,
+    }
     assert pipeline.accepted() == expected
 
 
@@ -377,3 +318,24 @@ def test_workers_share_the_group(
     counts = re.findall(r"stopped: (\d+) records", processor.log())
     assert len(counts) == 2, processor.log()
     assert sum(int(c) for c in counts) >= 1000
+
+
+def test_a_stop_during_a_total_outage_takes_no_longer_than_the_drain_timeout(
+    make_pipeline: MakePipeline, processors: Callable[..., ProcessorProcess], sandbox: Sandbox
+) -> None:
+    drain = 12.0  # the old double drain (2 x 12 s + 1) would not fit under drain + 10
+    pipeline = make_pipeline(delivery={"drain_timeout_s": drain, "linger_ms": 20})
+    _, expected = pipeline.sample(600, seed=61)
+    sandbox.set_faults("http=503:1")  # every request answered 503: nothing can finish
+    processor = processors(pipeline)
+    wait_for(lambda: (pipeline.metric("tiktok_events_retries_total") or 0) > 10, 60, "retries")
+    began = time.monotonic()
+    processor.terminate()
+    assert processor.wait(drain + 30) == 0, processor.log()
+    took = time.monotonic() - began
+    print(f"stop with every request failing: {took:.1f}s (drain_timeout_s {drain:.0f})")
+    assert took < drain + 10, processor.log()
+    # Nothing was committed past what TikTok never accepted: a restart delivers it all.
+    sandbox.set_faults(None)
+    processors(pipeline)
+    pipeline.wait_delivered(expected)

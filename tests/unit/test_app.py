@@ -21,6 +21,7 @@ from processor.dlq import DeadLetterWriter, header_map
 from processor.metrics import Metrics
 from processor.offsets import TopicPartition
 from processor.sample import ClickstreamGenerator
+from processor.source import PartitionLag
 from processor.transform import build_transformer
 from tests.conftest import EXAMPLE_CONFIG
 from tests.unit.test_dlq import FakeProducer
@@ -106,7 +107,7 @@ class FakeSource:
     def serve(self, timeout: float) -> None:
         pass
 
-    def lag(self) -> dict[TopicPartition, int]:
+    def lag(self) -> dict[TopicPartition, PartitionLag]:
         return {}
 
     def close(self) -> None:
@@ -249,7 +250,7 @@ def test_rejected_record_is_done_only_once_its_dead_letter_is_acknowledged() -> 
     (letter,) = h.producer.produced
     assert letter["value"] == b"{not json"
     assert header_map(letter["headers"])["dlq.stage"] == "decode"
-    letter["on_delivery"](None, None)  # the broker acknowledges
+    letter["on_delivery"](None)  # the broker acknowledges
     h.turn(2)
     assert h.last_commit[TP0] == 2
     assert (
@@ -391,3 +392,15 @@ def test_a_revoke_while_halted_does_not_wait_for_the_drain_timeout() -> None:
     h.source.revoke([TP0])  # waiting for the drain timeout would take 30 fake seconds
     assert h.processor._clock() - before < 5
     assert h.source.sync_commits[-1] == {TP0: 0}
+
+
+def test_a_dead_letter_is_committed_past_soon_after_its_acknowledgement() -> None:
+    # Offsets otherwise wait a minute; a crash in that minute would write it again.
+    h = harness(commit_interval_ms=60_000)
+    h.turn()  # the first commit pass
+    h.source.feed = [FakeMessage("web.pageviews", 0, 0, b"{not json")]
+    h.turn(3)  # consumed, dead-lettered, acknowledged (the fake broker acks on poll)
+    assert h.last_commit.get(TP0) == 1
+    h.source.feed = page_views(0, [1], important=False)
+    h.turn(3)
+    assert h.last_commit[TP0] == 1  # a filtered record waits for the interval as before

@@ -206,3 +206,72 @@ def test_sandbox_subcommand_takes_its_options_in_any_order() -> None:
             process.terminate()
             process.wait(10)
     assert cli("sandbox", "--faults", "nonsense=1").returncode == 2
+
+
+def _example_with(tmp_path: Path, **kafka: Any) -> Path:
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["kafka"].update(kafka)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_a_problem_is_one_line_even_when_the_file_puts_line_breaks_in_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(EXAMPLE_CONFIG.read_text() + '"line\\nbreak\\u2028key": 1\n')
+    done = cli("check-config", str(path))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: invalid configuration:",
+        "  line\\x0abreak\\x2028key: unknown setting",
+    ]
+
+
+def test_run_refuses_what_librdkafka_refuses_before_connecting(tmp_path: Path) -> None:
+    # The dead-letter producer is idempotent, and librdkafka refuses acks=1 with that.
+    path = _example_with(tmp_path, settings={"acks": 1})
+    done = cli("run", "--config", str(path), env={"TIKTOK_ACCESS_TOKEN": "t-1"})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        "error: invalid configuration:",
+        "  kafka.settings.acks: librdkafka cannot build the dead-letter producer: "
+        "`acks` must be set to `all` when `enable.idempotence` is true",
+    ]
+
+
+def test_check_config_warns_about_clients_it_cannot_build_without_the_deployment(
+    tmp_path: Path,
+) -> None:
+    # The password comes from the deployment's environment (KAFKA_SETTING_SASL_PASSWORD).
+    settings = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "u"}
+    done = cli("check-config", str(_example_with(tmp_path, settings=settings)))
+    assert done.returncode == 0, done.stderr
+    assert (
+        "warning: kafka.settings.sasl.username: librdkafka cannot build the Kafka consumer: "
+        "sasl.username and sasl.password must be set" in done.stderr
+    )
+    with_password = cli(
+        "check-config",
+        str(_example_with(tmp_path, settings=settings)),
+        env={"KAFKA_SETTING_SASL_PASSWORD": "p"},
+    )
+    assert "warning: kafka.settings" not in with_password.stderr
+
+
+def test_an_unexpected_failure_while_loading_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from processor import cli as cli_module  # noqa: PLC0415 - in-process, to inject the failure
+
+    def load_pipeline(path: object, **_: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli_module, "load_pipeline", load_pipeline)
+    assert cli_module.main(["check-config", "some.yaml"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: invalid configuration:",
+        "  some.yaml: cannot be loaded (RuntimeError: boom); a bug in the processor, please report it",
+    ]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import pytest
+
 from processor.config import DeadLetterConfig
-from processor.dlq import DeadLetter, DeadLetterGuard, DeadLetterWriter, header_map
+from processor.dlq import DeadLetter, DeadLetterGuard, DeadLetterWriter, HeaderFilter, header_map
+from processor.errors import DeadLetterWriteError
 
 
 class FakeProducer:
@@ -24,7 +28,7 @@ class FakeProducer:
     def poll(self, timeout: float = 0) -> int:
         served = len(self.pending)
         for callback in self.pending:
-            callback(None, None)
+            callback(None)
         self.pending.clear()
         return served
 
@@ -101,3 +105,161 @@ def test_guard_forgets_what_left_the_window() -> None:
     guard = DeadLetterGuard(DeadLetterConfig(max_ratio=0.5, window=4, max_consecutive=1000))
     for dead in (True, True, False, False, False, False, True, True):
         assert guard.observe(dead) is None
+
+
+class RefusingProducer(FakeProducer):
+    """The broker refuses letters above ``limit`` bytes (a topic with a small
+    max.message.bytes); ``refuse_all`` refuses every write with another error."""
+
+    def __init__(self, limit: int, refuse_all: str | None = None) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refuse_all = refuse_all
+
+    def poll(self, timeout: float = 0) -> int:
+        served = 0
+        while self.pending:
+            callback = self.pending.pop(0)
+            sent = self.produced[served]
+            served += 1
+            if self.refuse_all:
+                callback(DeadLetterWriteError(self.refuse_all))
+            elif size(sent) > self.limit:
+                callback(DeadLetterWriteError("MSG_SIZE_TOO_LARGE: too large", too_large=True))
+            else:
+                callback(None)
+        return served
+
+
+def size(sent: dict[str, Any]) -> int:
+    headers = sum(len(k) + len(v) for k, v in sent["headers"])
+    return len(sent["key"] or b"") + len(sent["value"] or b"") + headers
+
+
+def letter_of(value: bytes, key: bytes = b"k", headers: Any = ()) -> DeadLetter:
+    return LETTER._replace(value=value, key=key, headers=list(headers), stage="decode")
+
+
+@pytest.mark.parametrize("length", [999_000, 1_000_000, 1_100_000, 5_000_000])
+def test_a_dead_letter_always_fits_and_keeps_the_size_and_hash_of_the_whole(length: int) -> None:
+    value = bytes(range(256)) * (length // 256) + b"x" * (length % 256)
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, "dlq", lambda: 0.0, DeadLetterConfig())
+    done: list[str | None] = []
+    writer.write(letter_of(value), done.append)
+    writer.poll()
+    (sent,) = producer.produced
+    assert done == [None]
+    assert size(sent) <= DeadLetterConfig().max_message_bytes - 1000
+    headers = header_map(sent["headers"])
+    assert headers["dlq.value.truncated"] == "true"
+    assert headers["dlq.value.bytes"] == str(length)
+    assert headers["dlq.value.sha256"] == hashlib.sha256(value).hexdigest()
+    assert value.startswith(sent["value"])
+    assert len(sent["value"]) > 990_000  # as much of the evidence as fits
+
+
+def test_a_dead_letter_that_fits_is_written_whole() -> None:
+    value = b"y" * 900_000
+    producer = FakeProducer()
+    DeadLetterWriter(producer, "dlq", lambda: 0.0).write(letter_of(value), lambda e: None)
+    (sent,) = producer.produced
+    assert sent["value"] == value
+    assert "dlq.value.truncated" not in header_map(sent["headers"])
+
+
+def test_a_huge_key_is_truncated_too() -> None:
+    key = b"k" * 2_000_000
+    producer = FakeProducer()
+    DeadLetterWriter(producer, "dlq", lambda: 0.0).write(letter_of(b"v", key), lambda e: None)
+    (sent,) = producer.produced
+    headers = header_map(sent["headers"])
+    assert headers["dlq.key.bytes"] == str(len(key))
+    assert headers["dlq.key.sha256"] == hashlib.sha256(key).hexdigest()
+    assert sent["value"] == b"v"
+    assert size(sent) < 1_000_000
+
+
+def test_a_size_the_broker_refuses_is_written_again_as_evidence_only() -> None:
+    producer = RefusingProducer(limit=50_000)
+    writer = DeadLetterWriter(producer, "dlq", lambda: 0.0)
+    done: list[str | None] = []
+    value = b"z" * 200_000
+    writer.write(letter_of(value, headers=[("trace-id", b"t" * 100)]), done.append)
+    writer.poll()
+    assert done == [None]
+    assert writer.outstanding == 0
+    first, second = producer.produced
+    assert size(first) > 50_000
+    assert second["value"] == b""
+    headers = header_map(second["headers"])
+    assert headers["dlq.value.bytes"] == "200000"
+    assert headers["dlq.value.sha256"] == hashlib.sha256(value).hexdigest()
+    assert headers["dlq.stage"] == "decode"
+    assert all(k.startswith("dlq.") for k, _ in second["headers"])
+
+
+def test_a_letter_that_can_never_be_written_is_reported_once_with_the_reason() -> None:
+    producer = RefusingProducer(limit=10, refuse_all="TOPIC_AUTHORIZATION_FAILED: denied")
+    writer = DeadLetterWriter(producer, "dlq", lambda: 0.0)
+    done: list[str | None] = []
+    writer.write(letter_of(b"v"), done.append)
+    writer.poll()
+    assert done == ["TOPIC_AUTHORIZATION_FAILED: denied"]
+    assert writer.outstanding == 0
+
+
+def test_a_letter_the_producer_cannot_queue_is_reported_not_raised() -> None:
+    class Unqueueable(FakeProducer):
+        def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+            raise DeadLetterWriteError("_INVALID_ARG: bad", too_large=False)
+
+    writer = DeadLetterWriter(Unqueueable(), "dlq", lambda: 0.0)
+    done: list[str | None] = []
+    writer.write(letter_of(b"v"), done.append)
+    assert done == ["_INVALID_ARG: bad"]
+    assert writer.outstanding == 0
+
+
+SECRET_HEADERS = [
+    ("Authorization", b"Bearer abc"),
+    ("cookie", b"sid=1"),
+    ("X-Api-Token", b"t"),
+    ("client_secret", b"s"),
+    ("DB-Password", b"p"),
+    ("x-api-key", b"k"),
+]
+
+
+def test_credential_headers_are_not_copied_by_default() -> None:
+    producer = FakeProducer()
+    writer = DeadLetterWriter(producer, "dlq", lambda: 0.0, DeadLetterConfig())
+    writer.write(letter_of(b"v", headers=[("trace-id", b"abc"), *SECRET_HEADERS]), lambda e: None)
+    (sent,) = producer.produced
+    names = [k for k, _ in sent["headers"]]
+    assert names[0] == "trace-id"
+    assert not {k for k, _ in SECRET_HEADERS} & set(names)
+    assert not any(v in b"".join(v for _, v in sent["headers"]) for _, v in SECRET_HEADERS[:1])
+    dropped = header_map(sent["headers"])["dlq.headers.dropped"].split(",")
+    assert sorted(dropped) == sorted(k for k, _ in SECRET_HEADERS)
+
+
+def test_an_allow_list_copies_only_what_it_names() -> None:
+    producer = FakeProducer()
+    config = DeadLetterConfig(allow_headers=("trace-*",), deny_headers=())
+    writer = DeadLetterWriter(producer, "dlq", lambda: 0.0, config)
+    headers = [("Trace-Id", b"1"), ("trace-parent", b"2"), ("tenant", b"3"), ("cookie", b"4")]
+    writer.write(letter_of(b"v", headers=headers), lambda e: None)
+    (sent,) = producer.produced
+    assert [k for k, _ in sent["headers"] if not k.startswith("dlq.")] == [
+        "Trace-Id",
+        "trace-parent",
+    ]
+
+
+def test_header_filter_matches_case_insensitively_and_never_copies_stale_evidence() -> None:
+    f = HeaderFilter(allow=("*",), deny=("*token*",))
+    assert f.copies("trace-id")
+    assert not f.copies("X-Refresh-TOKEN")
+    assert not f.copies("dlq.reason")
+    assert not HeaderFilter(allow=()).copies("trace-id")

@@ -44,6 +44,7 @@ from processor.metrics import (
     snapshot,
 )
 from processor.sink.classify import RetryReason
+from processor.source import PartitionLag
 from processor.types import Stage
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 from tests.promql import exported_names, metric_names, template_metric_names
@@ -75,6 +76,7 @@ REQUIRED = [
     ("paused", "gauge", set()),
     ("sink_fatal", "gauge", set()),
     ("consumer_lag", "gauge", {"topic", "partition"}),
+    ("partition_stalled_seconds", "gauge", {"topic", "partition"}),
     ("oldest_unfinished_age_seconds", "gauge", set()),
     ("assigned_partitions", "gauge", set()),
 ]
@@ -375,7 +377,7 @@ def _turn_until(h: Any, condition: Callable[[], bool], turns: int = 10) -> None:
 def test_the_loop_counts_records_events_and_latency_and_updates_the_gauges() -> None:
     h = harness(max_batch_events=2)
     h.source.feed = page_views(0, [0, 1]) + page_views(1, [0], important=False)
-    h.source.lag = lambda: {TP0: 5, TP1: 0}  # type: ignore[method-assign]
+    h.source.lag = lambda: {TP0: PartitionLag(5, 0), TP1: PartitionLag(0, 1)}  # type: ignore[method-assign]
     h.turn(3)
     m = h.metrics
     assert m.value("records_consumed_total", {"topic": "web.pageviews"}) == 3
@@ -395,7 +397,7 @@ def test_the_loop_counts_records_events_and_latency_and_updates_the_gauges() -> 
 
 def test_a_revoked_partitions_lag_series_goes_away() -> None:
     h = harness()
-    h.source.lag = lambda: {TP0: 5, TP1: 3}  # type: ignore[method-assign]
+    h.source.lag = lambda: {TP0: PartitionLag(5, 0), TP1: PartitionLag(3, 0)}  # type: ignore[method-assign]
     h.turn(3)
     lag = {"topic": "web.pageviews", "partition": "0"}
     assert h.metrics.registry.get_sample_value("tiktok_events_consumer_lag", lag) == 5
@@ -555,3 +557,20 @@ def test_every_metric_in_the_alert_rules_exists_in_the_processor() -> None:
         names = metric_names(rule["expr"])
         assert names, rule["alert"]
         assert names <= exported, f"{rule['alert']}: unknown {names - exported}"
+
+
+def test_a_partition_with_lag_and_no_progress_fails_readiness_and_shows_in_its_gauge() -> None:
+    h = harness(stall_timeout_s=20)
+    lags = {TP0: PartitionLag(5, 0), TP1: PartitionLag(0, 9)}
+    h.source.lag = lambda: lags  # type: ignore[method-assign]
+    h.turn()
+    assert h.processor.ready == (True, "ok")
+    _turn_until(h, lambda: not h.processor.ready[0], 100)
+    _, reason = h.processor.ready
+    assert reason.startswith("stalled: partition web.pageviews[0] has lag 5 and made no progress")
+    stalled = {"topic": "web.pageviews", "partition": "0"}
+    assert h.metrics.value("partition_stalled_seconds", stalled) >= 20
+    assert h.metrics.value("partition_stalled_seconds", {**stalled, "partition": "1"}) == 0
+    lags[TP0] = PartitionLag(4, 1)  # it fetched again
+    _turn_until(h, lambda: h.processor.ready[0], 100)
+    assert h.metrics.value("partition_stalled_seconds", stalled) < 20

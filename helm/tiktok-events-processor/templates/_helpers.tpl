@@ -91,8 +91,8 @@ Checks that a schema cannot express, run by every template that depends on them.
 {{- define "tiktok-events.validate" -}}
 {{- $drain := include "tiktok-events.drainTimeout" . | float64 }}
 {{- $grace := .Values.terminationGracePeriodSeconds | float64 }}
-{{- if le $grace $drain }}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must be greater than config.delivery.drain_timeout_s (%v): Kubernetes would kill the pod (SIGKILL) while it drains, before it commits its offsets. Allow about 20 s more for the final commit." $grace $drain) }}
+{{- if lt $grace (addf $drain 15) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least config.delivery.drain_timeout_s (%v) + 15: a stop drains for up to drain_timeout_s, then needs up to 15 s to commit, close the sender and leave the group; Kubernetes would kill the pod (SIGKILL) before it commits its offsets." $grace $drain) }}
 {{- end }}
 {{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled }}
 {{- fail "autoscaling.hpa.enabled and autoscaling.keda.enabled are both set: KEDA makes its own HorizontalPodAutoscaler, choose one" }}
