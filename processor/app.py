@@ -420,6 +420,10 @@ class Processor:
                     ref.tracker.finish(ref.offset)
             for item, reason in outcome.rejected:
                 self._reject(item.ref, Stage.API, reason, item.event.mapping)
+                if item.ref.tracker.active:
+                    # TikTok refusing everything after a bad deploy must trip the limit as
+                    # surely as records that never map: the guard counts these too.
+                    self._guard.observe(True, f"{Stage.API}: {reason}")
         if self._dead_letters is not None:
             self._dead_letters.poll()
         self._metrics.buffered_events.set(self._outstanding_events)

@@ -404,3 +404,26 @@ def test_a_dead_letter_is_committed_past_soon_after_its_acknowledgement() -> Non
     h.source.feed = page_views(0, [1], important=False)
     h.turn(3)
     assert h.last_commit[TP0] == 1  # a filtered record waits for the interval as before
+
+
+def test_tiktok_rejecting_every_event_trips_the_dead_letter_limit() -> None:
+    # max_consecutive is 5 in the harness: every record maps, and TikTok refuses each event.
+    h = harness(max_batch_events=1)
+    h.source.feed = page_views(0, list(range(8)))
+    h.turn(2)
+    assert h.producer is not None
+    h.producer.poll = lambda timeout=0: 0  # type: ignore[method-assign]  # letters not acked yet
+    stopped = False
+    for _ in range(10):
+        for batch in h.sender.submitted:
+            h.sender.accept(batch, reject=lambda item: "40002 Invalid value for data[0].event_id")
+        h.sender.submitted = []
+        if not h.processor.turn():
+            stopped = True
+            break
+    assert stopped
+    assert h.processor.stop_reason is not None
+    assert "dead-letter limit reached: 5 records in a row" in h.processor.stop_reason
+    assert "api: 40002" in h.processor.stop_reason
+    # Nothing was committed past a record whose dead letter the broker has not acknowledged.
+    assert h.last_commit.get(TP0, 0) == 0
