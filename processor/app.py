@@ -303,6 +303,7 @@ class Processor:
         self._last_gauges = 0.0
         self.last_loop = clock()
         self._at_end: set[TopicPartition] = set()
+        self._rewound: set[TopicPartition] = set()  # partitions whose rewind was logged
         self.report = RunReport()
         self._halt_logged: str | None = None
         self._stall_logged = False
@@ -455,6 +456,9 @@ class Processor:
         tracker = self._offsets.get((topic, partition))
         if tracker is None:  # not ours (any more): the new owner reads it
             return
+        if tracker.seen(offset):
+            self._redelivered(tracker.tp, offset)
+            return
         if self._mode.stop_at_end:
             self._at_end.discard(tracker.tp)
         identity = (
@@ -490,6 +494,17 @@ class Processor:
             self._reject(ref, str(rejection.stage), rejection.reason, rejection.mapping)
         last = result.rejected[-1] if result.rejected else None
         self._guard.observe(last is not None, f"{last.stage}: {last.reason}" if last else "")
+
+    def _redelivered(self, tp: TopicPartition, offset: int) -> None:
+        if tp not in self._rewound:
+            self._rewound.add(tp)
+            log.warning(
+                "%s[%d]: the Kafka client delivered offset %d again (its fetch position went "
+                "back); records already handled are skipped",
+                tp.topic,
+                tp.partition,
+                offset,
+            )
 
     def _submit(self, batch: Batch) -> None:
         self._sender.submit(batch)

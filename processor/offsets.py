@@ -52,6 +52,13 @@ class PartitionTracker:
         self._index: dict[int, _Entry] = {}
         self._next: int | None = None  # one past the highest offset tracked
 
+    def seen(self, offset: int) -> bool:
+        """Whether ``offset`` was tracked already in this assignment: a record the
+        client delivers again after rewinding its fetch position (librdkafka can reset a
+        partition to its beginning after a pause during its first offset lookup). It is
+        done or on its way already; handling it again would only send it twice."""
+        return self._next is not None and offset < self._next
+
     def track(self, offset: int, work: int, timestamp: float) -> None:
         """A consumed record with ``work`` outstanding units (0: done already, e.g. filtered)."""
         if self._next is not None and offset < self._next:

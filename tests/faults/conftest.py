@@ -61,17 +61,7 @@ _TABLE = pytest.StashKey[FaultTable]()
 
 #: Crashes this suite found that are not fixed yet: the line a processor's log ends
 #: with, and the bug.
-KNOWN_CRASHES = (
-    (
-        re.compile(r"ValueError: TopicPartition\(.*\): offset \d+ tracked after \d+"),
-        "librdkafka 2.16 rewinds a partition that has no committed offset to its beginning "
-        "after it was paused and resumed during its first offset lookup (the reply to the "
-        "outdated lookup arms a retry timer that is not cancelled; it fires once the "
-        "partition is active and resets the fetch position to BEGINNING), and "
-        "OffsetTracker.track raises on the re-delivered offsets, so the processor exits "
-        "with a traceback instead of skipping records it already tracks",
-    ),
-)
+KNOWN_CRASHES: tuple[tuple[re.Pattern[str], str], ...] = ()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -105,16 +105,6 @@ def coordinator_index(cluster: KafkaCluster, group: str) -> int:
     return int(description.coordinator.id) - 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "open finding: with the group coordinator's node of three killed, fewer than 300 of "
-        "the 1,500 records produced after the kill were delivered within 90 s in a CI-sized "
-        "run (the records produced before the kill were); whether the processor stalls "
-        "after the coordinator moves or the test's idempotent producer waits on the "
-        "coordinator load is not yet known"
-    ),
-)
 def test_a_cluster_node_killed_and_restarted_mid_stream_loses_nothing(
     kafka_cluster: KafkaCluster,
     new_cluster_topic: TopicFactory,

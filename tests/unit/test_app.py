@@ -427,3 +427,19 @@ def test_tiktok_rejecting_every_event_trips_the_dead_letter_limit() -> None:
     assert "api: 40002" in h.processor.stop_reason
     # Nothing was committed past a record whose dead letter the broker has not acknowledged.
     assert h.last_commit.get(TP0, 0) == 0
+
+
+def test_records_the_client_delivers_again_after_a_rewind_are_skipped_not_fatal() -> None:
+    # librdkafka can reset a partition's fetch position to its beginning after a pause
+    # during its first offset lookup: the same offsets arrive a second time.
+    h = harness(max_batch_events=1)
+    h.source.feed = page_views(0, [0, 1, 2])
+    h.turn(2)
+    assert len(h.sender.submitted) == 3
+    h.source.feed = page_views(0, [0, 1, 2, 3])  # rewound, then one new record
+    h.turn(2)
+    assert len(h.sender.submitted) == 4  # only offset 3 is new
+    for batch in h.sender.submitted:
+        h.sender.accept(batch)
+    h.turn(3)
+    assert h.last_commit[TP0] == 4
