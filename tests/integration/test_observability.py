@@ -155,6 +155,8 @@ def test_metrics_count_every_record_and_pass_promtools_lint(
         lambda: (
             total(scrape(port), "tiktok_events_events_sent_total", outcome="accepted") == events
             and total(scrape(port), "tiktok_events_buffered_events") == 0
+            # The first commit after the last acceptance comes up to commit_interval_ms later.
+            and total(scrape(port), "tiktok_events_commits_total") > 0
         ),
         30,
         "the counters to catch up",
