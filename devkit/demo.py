@@ -29,7 +29,8 @@ import httpx
 import yaml
 
 from devkit.kafka import KafkaCluster, fetch, free_port, running_bootstrap, unique_name
-from processor.sample_producer import ensure_topics, generate, produce_sample
+from processor.kafka.producer import ensure_topics, produce_sample
+from processor.sample import generate
 from processor.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent

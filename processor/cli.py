@@ -135,9 +135,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from processor import runner  # noqa: PLC0415 - Kafka and httpx load only for the jobs that use them
+    from processor.service import supervisor  # noqa: PLC0415 - Kafka and httpx load only for the jobs that use them
 
-    return runner.run_workers(
+    return supervisor.run_workers(
         args.config,
         args.workers,
         args.log_format,
@@ -147,9 +147,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay_dlq(args: argparse.Namespace) -> int:
-    from processor import runner  # noqa: PLC0415 - see cmd_run
+    from processor.service import replay  # noqa: PLC0415 - see cmd_run
 
-    report = runner.replay_dead_letters(args.config, args.group, args.log_format, args.log_level)
+    report = replay.replay_dead_letters(args.config, args.group, args.log_format, args.log_level)
     summary = {
         "dead_letters": report.records,
         "filtered": report.filtered,
@@ -187,16 +187,15 @@ def _topics_arg(text: str) -> dict[str, str]:
 
 
 def cmd_produce_sample(args: argparse.Namespace) -> int:
-    from processor import sample_producer  # noqa: PLC0415 - see cmd_run
+    from processor.kafka import producer  # noqa: PLC0415 - see cmd_run
+    from processor.sample import generate  # noqa: PLC0415 - see cmd_run
 
     start = args.start if args.start is not None else time.time() - args.count * 0.003
-    records, expected = sample_producer.generate(
-        args.count, seed=args.seed, start=start, topics=args.topics
-    )
+    records, expected = generate(args.count, seed=args.seed, start=start, topics=args.topics)
     topics = sorted({r.topic for r in records})
-    sample_producer.ensure_topics(args.bootstrap, topics, args.partitions)
+    producer.ensure_topics(args.bootstrap, topics, args.partitions)
     began = time.monotonic()
-    acknowledged = sample_producer.produce_sample(args.bootstrap, records, rate=args.rate)
+    acknowledged = producer.produce_sample(args.bootstrap, records, rate=args.rate)
     took = time.monotonic() - began
     summary = {
         "produced": acknowledged,

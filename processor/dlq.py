@@ -106,7 +106,7 @@ Delivered = Callable[[DeadLetterWriteError | None], None]
 
 
 class Producer(Protocol):
-    """The dead-letter producer (:class:`processor.source.DeadLetterProducer`).
+    """The dead-letter producer (:class:`processor.kafka.producer.DeadLetterProducer`).
 
     ``produce`` raises ``BufferError`` while its queue is full and
     :class:`DeadLetterWriteError` when the letter can never be queued; ``on_delivery``
@@ -315,8 +315,10 @@ class DeadLetterWriter:
 
 
 class DeadLetterGuard:
-    """Trips when too much is dead-lettered: a run of ``max_consecutive`` records, or
-    more than ``max_ratio`` of the last ``window`` records."""
+    """Trips when too much is dead-lettered: a run of ``max_consecutive`` dead letters,
+    or dead letters above ``max_ratio`` of the last ``window`` outcomes. An outcome is a
+    record that went through (mapped or filtered) or one dead letter, whatever its stage
+    (:mod:`processor.rejection` feeds both); with one mapping a topic, that is a record."""
 
     def __init__(self, config: DeadLetterConfig) -> None:
         self._config = config

@@ -1,17 +1,26 @@
 """The processor's one error tree.
 
-Every exception the processor raises to a caller is one of these; third-party
-exceptions are wrapped at the boundary with ``raise … from exc``::
+Every error the processor raises about the world outside it (its configuration,
+a record, the Kafka cluster, the dead-letter topic) is one of these, and
+third-party exceptions are translated at the boundary with ``raise … from exc``::
 
     ProcessorError
     ├── ConfigError            bad configuration: fail at start-up, naming every field
     ├── InvalidRecord          one record can never become an event: dead-letter it, commit past it
     ├── SchemaViolation        a document breaks a JSON Schema (path + message)
     ├── DeadLetterWriteError   the broker will not take a dead letter (too large, refused)
-    └── SinkError              the TikTok request did not succeed
-        ├── RetryableSinkError   network, timeout, HTTP 408/429/5xx, rate-limit and server codes
-        ├── PermanentSinkError   bad payload codes: bisect, deliver the good, dead-letter the bad
-        └── FatalSinkError       bad token or no permission: stop sending, alert, commit nothing
+    ├── KafkaClientError       the Kafka client cannot do what was asked (create a topic, produce)
+    └── StopProcessing         the member's loop must end: the dead-letter limit, a dead
+                               letter that cannot be written, a fatal Kafka error
+
+TikTok's answers are not exceptions: the sink classifies each one as a value
+(:class:`processor.sink.classify.Classification`, whose ``verdict`` is success,
+partial, retryable, bad payload or fatal) and acts on it; the table is in
+docs/ARCHITECTURE.md.
+
+``ValueError``, ``TypeError`` and ``RuntimeError`` are left for a caller that breaks
+a function's contract (a sender started twice, a negative rate): a bug in the
+calling code, never a reaction to input.
 """
 
 from __future__ import annotations
@@ -69,44 +78,12 @@ class DeadLetterWriteError(ProcessorError):
         super().__init__(reason)
 
 
-class SinkError(ProcessorError):
-    """A request to the TikTok Events API did not succeed.
-
-    ``code`` is TikTok's body code when there was a body, ``status`` the HTTP status
-    when there was a response. Neither ever carries the access token.
-    """
-
-    def __init__(self, message: str, *, code: int | None = None, status: int | None = None) -> None:
-        self.code = code
-        self.status = status
-        super().__init__(message)
+class KafkaClientError(ProcessorError):
+    """The Kafka client could not do what was asked (create a topic, have records
+    acknowledged); the message says what and why."""
 
 
-class RetryableSinkError(SinkError):
-    """Worth trying again later: the request may succeed unchanged.
-
-    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: int | None = None,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, code=code, status=status)
-        self.retry_after = retry_after
-
-
-class PermanentSinkError(SinkError):
-    """TikTok rejected the payload: the same request will always fail."""
-
-
-class FatalSinkError(SinkError):
-    """The credentials are wrong (expired/invalid token, no permission on the pixel).
-
-    Nothing can be delivered until an operator acts; dead-lettering would lose
-    every event, so the processor pauses and commits nothing past the failure.
-    """
+class StopProcessing(ProcessorError):
+    """Ends a member's loop with a reason (the dead-letter limit, a dead letter that
+    cannot be written, a fatal Kafka error, a rejection with no dead-letter topic).
+    The loop drains, commits what is done and exits with status 1."""

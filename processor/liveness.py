@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from processor.offsets import TopicPartition
+from processor.kafka.api import TopicPartition
 
 
 class Stall(NamedTuple):

@@ -92,7 +92,7 @@ def configure(log_format: str = "json", level: str = "INFO", *, worker: int | No
 
 #: The logger librdkafka's lines go to: every Kafka client's (consumer, dead-letter
 #: producer, lag probe), a child of the source's, so its level and handlers apply.
-LIBRDKAFKA_LOGGER: Final = "processor.source.librdkafka"
+LIBRDKAFKA_LOGGER: Final = "processor.kafka.librdkafka"
 #: At most one failed-connection line per broker in this many seconds.
 CONNECTION_FAILURE_INTERVAL_S: Final = 30.0
 

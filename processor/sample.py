@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -246,3 +246,14 @@ class ClickstreamGenerator:
 def expected_counts(records: list[SampleRecord]) -> Counter[str]:
     """Per-event counts the example configuration should deliver for ``records``."""
     return Counter(r.expected_event for r in records if r.expected_event is not None)
+
+
+def generate(
+    count: int, *, seed: int, start: float, topics: Mapping[str, str] | None = None
+) -> tuple[list[SampleRecord], Counter[str]]:
+    """``count`` sample records and the per-event counts they should become."""
+    records = list(
+        ClickstreamGenerator(seed=seed, start=start, topics=dict(topics or {})).records(count)
+    )
+    expected = Counter(r.expected_event for r in records if r.expected_event is not None)
+    return records, expected

@@ -216,8 +216,8 @@ def load_pipeline(
     refuses is a problem too. The offline commands get that as a warning instead,
     because building the clients needs what only the deployment may have (secrets
     from its environment, certificate files)."""
-    # confluent_kafka is loaded only once a configuration is checked, not on import.
-    from processor.source import needs_the_deployment, settings_problems  # noqa: PLC0415
+    # The Kafka client library is loaded only once a configuration is checked, not on import.
+    from processor.kafka.settings import needs_the_deployment, settings_problems  # noqa: PLC0415
 
     def compiler_problems(config: Config) -> list[str]:
         try:

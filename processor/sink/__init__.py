@@ -18,26 +18,12 @@ queue; a batch is reported exactly once, when all of its events are accepted or
 rejected for good, and a batch still unfinished at ``close`` is cancelled and never
 reported (so the caller never commits it).
 
-Classification (DESIGN §3.6; TikTok answers errors as HTTP 200 with a non-zero code,
-so the envelope's ``code`` is read first and the status only when there is none)
--------------------------------------------------------------------------------------
-=====================================================  ===========  ===================
-answer                                                 verdict      then
-=====================================================  ===========  ===================
-code 0                                                 success      accepted
-code 20001 (partial OK)                                partial      accepted, flagged
-code 40100, 40132 (rate limited)                       retryable    backoff, retry
-code 50000, 50002, 51xxx, 60001, 61000, other 5/6xxxx  retryable    backoff, retry
-any code of no known family (not 4xxxx)                retryable    backoff, retry
-HTTP 2xx whose body is not the JSON envelope           retryable    backoff, retry
-HTTP 408, 429, 5xx; timeout; connection refused,       retryable    backoff, retry
-reset or dropped; other network errors
-code 40000, 40002, 40061, 40062, other 4xxxx           bad payload  bisect
-HTTP 400, 413, 422                                     bad payload  bisect
-code 40001, 40102, 40104, 40105                        fatal        halt
-HTTP 401, 403, 404, other 4xx, 3xx; a URL scheme       fatal        halt
-other than http(s)
-=====================================================  ===========  ===================
+Classification
+--------------
+TikTok answers errors as HTTP 200 with a non-zero code, so the envelope's ``code`` is
+read first and the status only when there is none. Every answer is one of success,
+partial, retryable, bad payload or fatal: the table is in docs/ARCHITECTURE.md
+("Classifying TikTok's answers"), and in code in :mod:`processor.sink.classify`.
 
 - *retry*: exponential backoff with full jitter (``backoff_initial_ms`` doubling, capped
   at ``backoff_max_ms``), at least the server's ``Retry-After``; a waiting request holds

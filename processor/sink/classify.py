@@ -1,4 +1,5 @@
-"""Classifying one answer of the Events API: DESIGN §3.6 as a pure function.
+"""Classifying one answer of the Events API, as a pure function (the table is in
+docs/ARCHITECTURE.md).
 
 Owns :func:`classify` and its result, :class:`Classification`. TikTok answers API
 errors as HTTP 200 with a non-zero ``code`` in the ``{code, message, request_id, data}``
@@ -25,12 +26,6 @@ from typing import Final
 import httpx
 import orjson
 
-from processor.errors import (
-    FatalSinkError,
-    PermanentSinkError,
-    RetryableSinkError,
-    SinkError,
-)
 from processor.redact import shorten
 
 
@@ -104,17 +99,6 @@ class Classification:
         and the sandbox's do: ``Invalid value for data[3].event_id``)."""
         match = _DATA_INDEX.search(self.reason)
         return int(match.group(1)) if match else None
-
-    def error(self) -> SinkError | None:
-        """The processor's error for this answer; None when the events were delivered."""
-        kwargs = {"code": self.tiktok_code, "status": self.status}
-        if self.verdict is Verdict.RETRYABLE:
-            return RetryableSinkError(self.reason, retry_after=self.retry_after, **kwargs)
-        if self.verdict is Verdict.BAD_PAYLOAD:
-            return PermanentSinkError(self.reason, **kwargs)
-        if self.verdict is Verdict.FATAL:
-            return FatalSinkError(self.reason, **kwargs)
-        return None
 
 
 def classify(

@@ -50,6 +50,7 @@ import httpx
 
 from processor.batching import Batch, PendingEvent
 from processor.config import DeliveryConfig, Secret, TikTokConfig
+from processor.errors import ConfigError
 from processor.metrics import Metrics
 from processor.payload import BatchKey
 from processor.redact import redact, shorten
@@ -578,14 +579,14 @@ def _split(
 def _check_delivery(delivery: DeliveryConfig) -> None:
     problems = []
     if delivery.max_in_flight < 1:
-        problems.append("max_in_flight must be at least 1")
+        problems.append("delivery.max_in_flight: must be at least 1")
     if not delivery.max_requests_per_s > 0:
-        problems.append("max_requests_per_s must be above 0")
+        problems.append("delivery.max_requests_per_s: must be above 0")
     if delivery.max_retries is not None and delivery.max_retries < 0:
-        problems.append("max_retries must be 0 or more")
+        problems.append("delivery.max_retries: must be 0 or more")
     if not 0 <= delivery.backoff_initial_ms <= delivery.backoff_max_ms:
-        problems.append("backoff_initial_ms must be between 0 and backoff_max_ms")
+        problems.append("delivery.backoff_initial_ms: must be between 0 and backoff_max_ms")
     if not delivery.request_timeout_s > 0:
-        problems.append("request_timeout_s must be above 0")
+        problems.append("delivery.request_timeout_s: must be above 0")
     if problems:
-        raise ValueError("delivery: " + "; ".join(problems))
+        raise ConfigError(problems)

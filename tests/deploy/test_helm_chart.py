@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from devkit.helm import CONFIG_SCHEMA, VALUES_SCHEMA, sync_values_schema
-from processor.app import STOP_OVERHEAD_S
 from processor.cli import build_parser
+from processor.loop import STOP_OVERHEAD_S
 from tests.deploy.conftest import (
     CHART,
     ROOT,

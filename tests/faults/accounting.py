@@ -33,7 +33,7 @@ import orjson
 
 from devkit.kafka import Record, committed_offsets, consume_all, produce
 from processor.dlq import header_map
-from processor.sample_producer import generate
+from processor.sample import generate
 from tests.integration.pipeline import Pipeline, ProcessorProcess, wait_for
 
 #: ``FAULTS_SOAK=1`` (``make soak``) runs every scenario bigger and longer.

@@ -21,8 +21,8 @@ import yaml
 
 from devkit.kafka import committed_offsets, consume_all, free_port
 from processor.dlq import header_map
-from processor.sample import SampleRecord
-from processor.sample_producer import generate, produce_sample
+from processor.kafka.producer import produce_sample
+from processor.sample import SampleRecord, generate
 from processor.sandbox import Sandbox
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 

@@ -12,11 +12,28 @@ import time
 import pytest
 
 from devkit.kafka import free_port
-from processor.app import BrokerHealth
 from processor.config import KafkaConfig
+from processor.kafka.api import TopicPartition
+from processor.kafka.consumer import KafkaSource
+from processor.kafka.producer import dead_letter_producer
 from processor.logs import LIBRDKAFKA_LOGGER
 from processor.metrics import Metrics
-from processor.source import Source, dead_letter_producer
+
+
+class Ignored:
+    """A rebalance listener for a member that never gets partitions."""
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def on_commit_failed(self, partitions: list[TopicPartition], reason: str) -> None:
+        pass
 
 
 def test_an_outage_logs_one_error_and_one_warning_per_broker(
@@ -26,18 +43,10 @@ def test_an_outage_logs_one_error_and_one_warning_per_broker(
     port = free_port()  # a broker of its own: the process-wide filter has not seen it
     kafka = KafkaConfig(f"127.0.0.1:{port}", "log-noise", dead_letter_topic="dlq")
     metrics = Metrics()
-    health = BrokerHealth(metrics)
-    source = Source(
-        kafka,
-        ["clicks"],
-        on_assign=lambda _: None,
-        on_revoke=lambda _: None,
-        on_lost=lambda _: None,
-        extra=health.settings(),
-    )
+    source = KafkaSource(kafka, ["clicks"], metrics)
     producer = dead_letter_producer(kafka)
     try:
-        source.subscribe()
+        source.subscribe(Ignored())
         deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:
             source.consume(100, 0.1)

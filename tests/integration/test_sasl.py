@@ -29,7 +29,8 @@ from devkit.kafka import (
     unique_name,
 )
 from processor.dlq import header_map
-from processor.sample_producer import generate, produce_sample
+from processor.kafka.producer import produce_sample
+from processor.sample import generate
 from processor.sandbox import Sandbox
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 from tests.integration.pipeline import Pipeline, ProcessorProcess, wait_for

@@ -25,7 +25,7 @@ from tests.integration.test_sink_sandbox import (
     sending,
     stored_ids,
 )
-from tests.unit.test_sink import outcomes, wait_for
+from tests.unit.sinkkit import outcomes, wait_for
 
 # Neither the old token nor the new one: pasted by mistake, refused by the sandbox too.
 OTHER_WRONG_TOKEN = "tok-sandbox-5a11ad-also-wrong-never-log-me"

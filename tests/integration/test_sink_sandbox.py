@@ -22,7 +22,7 @@ from processor.metrics import Metrics
 from processor.payload import BatchKey
 from processor.sandbox import Sandbox
 from processor.sink import BatchOutcome, Sender
-from tests.unit.test_sink import outcomes, wait_for
+from tests.unit.sinkkit import outcomes, wait_for
 
 PIXEL = "D34FV3JC77U1PDQ72P1G"
 # Distinctive, so a leak anywhere is found by a plain substring search.

@@ -17,36 +17,45 @@ from confluent_kafka import Consumer
 
 from devkit.kafka import TopicFactory, produce
 from processor.config import KafkaConfig
-from processor.offsets import TopicPartition
-from processor.source import Source
+from processor.kafka.api import TopicPartition
+from processor.kafka.consumer import KafkaSource
+from processor.metrics import Metrics
 
 PARTITIONS = 4
 
 
 class Member:
-    """A :class:`Source` and what its callbacks were told."""
+    """A :class:`KafkaSource` and what its rebalance callbacks were told."""
 
     def __init__(self, bootstrap: str, group: str, topic: str, protocol: str) -> None:
         self.assigned: set[TopicPartition] = set()
-        kafka = KafkaConfig(bootstrap_servers=bootstrap, group_id=group, group_protocol=protocol)
-        self.source = Source(
-            kafka,
-            [topic],
-            on_assign=self.assigned.update,
-            on_revoke=self.assigned.difference_update,
-            on_lost=self.assigned.difference_update,
-            extra={"topic.metadata.refresh.interval.ms": 1000},
+        kafka = KafkaConfig(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            group_protocol=protocol,
+            settings={"topic.metadata.refresh.interval.ms": "1000"},
         )
-        self.source.subscribe()
+        self.source = KafkaSource(kafka, [topic], Metrics())
+        self.source.subscribe(self)
         self.seen: dict[int, int] = {}
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        self.assigned.update(partitions)
+
+    def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        self.assigned.difference_update(partitions)
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None:
+        self.assigned.difference_update(partitions)
+
+    def on_commit_failed(self, partitions: list[TopicPartition], reason: str) -> None:
+        pass
 
     def turn(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            for message in self.source.consume(100, 0.1):
-                if message.error() is None:
-                    p = int(message.partition() or 0)
-                    self.seen[p] = self.seen.get(p, 0) + 1
+            for record in self.source.consume(100, 0.1):
+                self.seen[record.partition] = self.seen.get(record.partition, 0) + 1
 
     def until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

@@ -16,11 +16,11 @@ from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from devkit.kafka import produce
-from processor.app import Processor
+from processor.kafka.consumer import KafkaSource
+from processor.loop import Processor
 from processor.metrics import Metrics
-from processor.runner import build_processor
-from processor.sample_producer import generate
-from processor.source import Source
+from processor.sample import generate
+from processor.service.worker import build_member
 from processor.transform import load_pipeline
 from tests.integration.pipeline import MakePipeline, wait_for
 
@@ -34,7 +34,7 @@ class BehindTheBack:
 
     def __init__(self, processor: Processor) -> None:
         source = processor._source
-        assert isinstance(source, Source)
+        assert isinstance(source, KafkaSource)
         self.consumer: Consumer = source._consumer
         self._calls: list[Callable[[], None]] = []
         self._done = threading.Event()
@@ -62,9 +62,10 @@ def test_a_partition_paused_behind_the_processors_back_fails_readiness_and_shows
         pipeline.config_path, clock=time.time, require_token=True
     )
     metrics = Metrics()
-    processor, producer = build_processor(config, transformer, metrics)
+    member = build_member(config, transformer, metrics)
+    processor = member.processor
     behind = BehindTheBack(processor)
-    thread = threading.Thread(target=processor.run, name="processor-under-test")
+    thread = threading.Thread(target=member.run, name="processor-under-test")
     thread.start()
     try:
         _, expected = pipeline.sample(200, seed=3)
@@ -106,6 +107,4 @@ def test_a_partition_paused_behind_the_processors_back_fails_readiness_and_shows
     finally:
         processor.request_stop()
         thread.join(60)
-        if producer is not None:
-            producer.flush(10)
     assert not thread.is_alive()

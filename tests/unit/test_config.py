@@ -447,7 +447,7 @@ def test_every_problem_is_one_printable_line(
         assert len(problem) <= 400 + len(" … ")
 
 
-# --- librdkafka's view of kafka.settings (processor.source.settings_problems) -----
+# --- librdkafka's view of kafka.settings (processor.kafka.settings.settings_problems) -----
 
 
 def test_unknown_and_invalid_librdkafka_settings_are_named(
@@ -517,7 +517,7 @@ def test_settings_that_would_abort_or_mislead_librdkafka_are_refused_first(
 def test_the_settings_check_never_names_a_broker_and_takes_milliseconds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from processor import source  # noqa: PLC0415 - the Kafka module, loaded for this test only
+    from processor.kafka import settings as source  # noqa: PLC0415 - the Kafka module, loaded for this test only
 
     config = load_config(EXAMPLE_CONFIG, environ={"KAFKA_SETTING_METADATA_BROKER_LIST": "b:9092"})
     built: list[dict[str, Any]] = []

@@ -10,28 +10,7 @@ import pytest
 from processor.config import DeadLetterConfig
 from processor.dlq import DeadLetter, DeadLetterGuard, DeadLetterWriter, HeaderFilter, header_map
 from processor.errors import DeadLetterWriteError
-
-
-class FakeProducer:
-    def __init__(self, fail_first: int = 0) -> None:
-        self.produced: list[dict[str, Any]] = []
-        self.pending: list[Any] = []
-        self.fail_first = fail_first
-
-    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
-        if self.fail_first:
-            self.fail_first -= 1
-            raise BufferError("queue full")
-        self.produced.append({"topic": topic, **kwargs})
-        self.pending.append(kwargs["on_delivery"])
-
-    def poll(self, timeout: float = 0) -> int:
-        served = len(self.pending)
-        for callback in self.pending:
-            callback(None)
-        self.pending.clear()
-        return served
-
+from processor.kafka.memory import MemoryProducer
 
 LETTER = DeadLetter(
     topic="web.signups",
@@ -47,7 +26,7 @@ LETTER = DeadLetter(
 
 
 def test_dead_letter_keeps_key_value_headers_and_adds_evidence() -> None:
-    producer = FakeProducer()
+    producer = MemoryProducer()
     writer = DeadLetterWriter(producer, "clickstream.dlq", clock=lambda: 1_767_225_600.0)
     done: list[str | None] = []
     writer.write(LETTER, done.append)
@@ -57,10 +36,10 @@ def test_dead_letter_keeps_key_value_headers_and_adds_evidence() -> None:
     assert done == [None]
     assert writer.outstanding == 0
     (sent,) = producer.produced
-    assert sent["topic"] == "clickstream.dlq"
-    assert (sent["key"], sent["value"]) == (b"anon-1", b'{"not": "valid"}')
-    assert sent["headers"][0] == ("trace-id", b"abc")
-    assert header_map(sent["headers"]) == {
+    assert sent.topic == "clickstream.dlq"
+    assert (sent.key, sent.value) == (b"anon-1", b'{"not": "valid"}')
+    assert sent.headers[0] == ("trace-id", b"abc")
+    assert header_map(sent.headers) == {
         "dlq.source.topic": "web.signups",
         "dlq.source.partition": "2",
         "dlq.source.offset": "41",
@@ -72,7 +51,7 @@ def test_dead_letter_keeps_key_value_headers_and_adds_evidence() -> None:
 
 
 def test_full_producer_queue_is_waited_out_not_dropped() -> None:
-    producer = FakeProducer(fail_first=3)
+    producer = MemoryProducer(queue_full=3)
     writer = DeadLetterWriter(producer, "dlq", clock=lambda: 0.0)
     writer.write(LETTER, lambda error: None)
     assert len(producer.produced) == 1
@@ -107,35 +86,6 @@ def test_guard_forgets_what_left_the_window() -> None:
         assert guard.observe(dead) is None
 
 
-class RefusingProducer(FakeProducer):
-    """The broker refuses letters above ``limit`` bytes (a topic with a small
-    max.message.bytes); ``refuse_all`` refuses every write with another error."""
-
-    def __init__(self, limit: int, refuse_all: str | None = None) -> None:
-        super().__init__()
-        self.limit = limit
-        self.refuse_all = refuse_all
-
-    def poll(self, timeout: float = 0) -> int:
-        served = 0
-        while self.pending:
-            callback = self.pending.pop(0)
-            sent = self.produced[served]
-            served += 1
-            if self.refuse_all:
-                callback(DeadLetterWriteError(self.refuse_all))
-            elif size(sent) > self.limit:
-                callback(DeadLetterWriteError("MSG_SIZE_TOO_LARGE: too large", too_large=True))
-            else:
-                callback(None)
-        return served
-
-
-def size(sent: dict[str, Any]) -> int:
-    headers = sum(len(k) + len(v) for k, v in sent["headers"])
-    return len(sent["key"] or b"") + len(sent["value"] or b"") + headers
-
-
 def letter_of(value: bytes, key: bytes = b"k", headers: Any = ()) -> DeadLetter:
     return LETTER._replace(value=value, key=key, headers=list(headers), stage="decode")
 
@@ -143,64 +93,67 @@ def letter_of(value: bytes, key: bytes = b"k", headers: Any = ()) -> DeadLetter:
 @pytest.mark.parametrize("length", [999_000, 1_000_000, 1_100_000, 5_000_000])
 def test_a_dead_letter_always_fits_and_keeps_the_size_and_hash_of_the_whole(length: int) -> None:
     value = bytes(range(256)) * (length // 256) + b"x" * (length % 256)
-    producer = FakeProducer()
+    producer = MemoryProducer()
     writer = DeadLetterWriter(producer, "dlq", lambda: 0.0, DeadLetterConfig())
     done: list[str | None] = []
     writer.write(letter_of(value), done.append)
     writer.poll()
     (sent,) = producer.produced
     assert done == [None]
-    assert size(sent) <= DeadLetterConfig().max_message_bytes - 1000
-    headers = header_map(sent["headers"])
+    assert sent.size() <= DeadLetterConfig().max_message_bytes - 1000
+    headers = header_map(sent.headers)
     assert headers["dlq.value.truncated"] == "true"
     assert headers["dlq.value.bytes"] == str(length)
     assert headers["dlq.value.sha256"] == hashlib.sha256(value).hexdigest()
-    assert value.startswith(sent["value"])
-    assert len(sent["value"]) > 990_000  # as much of the evidence as fits
+    assert value.startswith(sent.value)
+    assert len(sent.value) > 990_000  # as much of the evidence as fits
 
 
 def test_a_dead_letter_that_fits_is_written_whole() -> None:
     value = b"y" * 900_000
-    producer = FakeProducer()
+    producer = MemoryProducer()
     DeadLetterWriter(producer, "dlq", lambda: 0.0).write(letter_of(value), lambda e: None)
     (sent,) = producer.produced
-    assert sent["value"] == value
-    assert "dlq.value.truncated" not in header_map(sent["headers"])
+    assert sent.value == value
+    assert "dlq.value.truncated" not in header_map(sent.headers)
 
 
 def test_a_huge_key_is_truncated_too() -> None:
     key = b"k" * 2_000_000
-    producer = FakeProducer()
+    producer = MemoryProducer()
     DeadLetterWriter(producer, "dlq", lambda: 0.0).write(letter_of(b"v", key), lambda e: None)
     (sent,) = producer.produced
-    headers = header_map(sent["headers"])
+    headers = header_map(sent.headers)
     assert headers["dlq.key.bytes"] == str(len(key))
     assert headers["dlq.key.sha256"] == hashlib.sha256(key).hexdigest()
-    assert sent["value"] == b"v"
-    assert size(sent) < 1_000_000
+    assert sent.value == b"v"
+    assert sent.size() < 1_000_000
 
 
 def test_a_size_the_broker_refuses_is_written_again_as_evidence_only() -> None:
-    producer = RefusingProducer(limit=50_000)
+    producer = MemoryProducer(max_bytes=50_000)
     writer = DeadLetterWriter(producer, "dlq", lambda: 0.0)
     done: list[str | None] = []
     value = b"z" * 200_000
     writer.write(letter_of(value, headers=[("trace-id", b"t" * 100)]), done.append)
-    writer.poll()
+    writer.poll()  # the refusal: the evidence alone is produced again
+    assert done == []
+    assert writer.outstanding == 1
+    writer.poll()  # its acknowledgement
     assert done == [None]
     assert writer.outstanding == 0
     first, second = producer.produced
-    assert size(first) > 50_000
-    assert second["value"] == b""
-    headers = header_map(second["headers"])
+    assert first.size() > 50_000
+    assert second.value == b""
+    headers = header_map(second.headers)
     assert headers["dlq.value.bytes"] == "200000"
     assert headers["dlq.value.sha256"] == hashlib.sha256(value).hexdigest()
     assert headers["dlq.stage"] == "decode"
-    assert all(k.startswith("dlq.") for k, _ in second["headers"])
+    assert all(k.startswith("dlq.") for k, _ in second.headers)
 
 
 def test_a_letter_that_can_never_be_written_is_reported_once_with_the_reason() -> None:
-    producer = RefusingProducer(limit=10, refuse_all="TOPIC_AUTHORIZATION_FAILED: denied")
+    producer = MemoryProducer(refuse=DeadLetterWriteError("TOPIC_AUTHORIZATION_FAILED: denied"))
     writer = DeadLetterWriter(producer, "dlq", lambda: 0.0)
     done: list[str | None] = []
     writer.write(letter_of(b"v"), done.append)
@@ -210,11 +163,10 @@ def test_a_letter_that_can_never_be_written_is_reported_once_with_the_reason() -
 
 
 def test_a_letter_the_producer_cannot_queue_is_reported_not_raised() -> None:
-    class Unqueueable(FakeProducer):
-        def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
-            raise DeadLetterWriteError("_INVALID_ARG: bad", too_large=False)
-
-    writer = DeadLetterWriter(Unqueueable(), "dlq", lambda: 0.0)
+    producer = MemoryProducer(
+        unqueueable=DeadLetterWriteError("_INVALID_ARG: bad", too_large=False)
+    )
+    writer = DeadLetterWriter(producer, "dlq", lambda: 0.0)
     done: list[str | None] = []
     writer.write(letter_of(b"v"), done.append)
     assert done == ["_INVALID_ARG: bad"]
@@ -232,26 +184,26 @@ SECRET_HEADERS = [
 
 
 def test_credential_headers_are_not_copied_by_default() -> None:
-    producer = FakeProducer()
+    producer = MemoryProducer()
     writer = DeadLetterWriter(producer, "dlq", lambda: 0.0, DeadLetterConfig())
     writer.write(letter_of(b"v", headers=[("trace-id", b"abc"), *SECRET_HEADERS]), lambda e: None)
     (sent,) = producer.produced
-    names = [k for k, _ in sent["headers"]]
+    names = [k for k, _ in sent.headers]
     assert names[0] == "trace-id"
     assert not {k for k, _ in SECRET_HEADERS} & set(names)
-    assert not any(v in b"".join(v for _, v in sent["headers"]) for _, v in SECRET_HEADERS[:1])
-    dropped = header_map(sent["headers"])["dlq.headers.dropped"].split(",")
+    assert not any(v in b"".join(v for _, v in sent.headers) for _, v in SECRET_HEADERS[:1])
+    dropped = header_map(sent.headers)["dlq.headers.dropped"].split(",")
     assert sorted(dropped) == sorted(k for k, _ in SECRET_HEADERS)
 
 
 def test_an_allow_list_copies_only_what_it_names() -> None:
-    producer = FakeProducer()
+    producer = MemoryProducer()
     config = DeadLetterConfig(allow_headers=("trace-*",), deny_headers=())
     writer = DeadLetterWriter(producer, "dlq", lambda: 0.0, config)
     headers = [("Trace-Id", b"1"), ("trace-parent", b"2"), ("tenant", b"3"), ("cookie", b"4")]
     writer.write(letter_of(b"v", headers=headers), lambda e: None)
     (sent,) = producer.produced
-    assert [k for k, _ in sent["headers"] if not k.startswith("dlq.")] == [
+    assert [k for k, _ in sent.headers if not k.startswith("dlq.")] == [
         "Trace-Id",
         "trace-parent",
     ]

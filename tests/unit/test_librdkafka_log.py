@@ -190,7 +190,7 @@ def test_the_interval_must_be_positive() -> None:
 def test_the_librdkafka_logger_carries_one_filter_however_often_it_is_asked_for() -> None:
     logger = librdkafka_logger()
     assert logger is librdkafka_logger()
-    assert logger.name == "processor.source.librdkafka"
+    assert logger.name == "processor.kafka.librdkafka"
     assert sum(isinstance(f, KafkaConnectionNoise) for f in logger.filters) == 1
 
 

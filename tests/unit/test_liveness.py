@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from processor.kafka.api import TopicPartition
 from processor.liveness import StallWatch
-from processor.offsets import TopicPartition
 
 TP = TopicPartition("web.pageviews", 3)
 OTHER = TopicPartition("web.clicks", 0)

@@ -9,20 +9,20 @@ import pytest
 
 from processor.logs import JsonFormatter
 from processor.types import Stage
-from tests.unit.test_app import TP0, harness, page_views
+from tests.unit.test_loop import TP0, harness, page_views
 
 
 def test_the_stop_summary_is_valid_json_after_an_api_rejection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     h = harness(max_batch_events=2)
-    h.source.feed = page_views(0, [0, 1])
+    h.publish(0, page_views(0, 2))
     h.turn(2)
     (batch,) = h.sender.submitted
     h.sender.accept(batch, reject=lambda item: "40002 bad" if item.ref.offset == 1 else None)
     h.turn(3)
-    assert h.last_commit[TP0] == 2
-    with caplog.at_level(logging.INFO, logger="processor.app"):
+    assert h.source.committed[TP0] == 2
+    with caplog.at_level(logging.INFO, logger="processor.loop"):
         assert h.processor.shutdown() == 0
     (stopped,) = [r for r in caplog.records if r.getMessage().startswith("stopped:")]
     line = json.loads(JsonFormatter().format(stopped))

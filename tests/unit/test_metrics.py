@@ -23,11 +23,12 @@ import yaml
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
-from processor import runner
-from processor.app import NO_PARTITIONS
 from processor.cli import build_parser
 from processor.config import load_config
+from processor.kafka.api import PartitionLag
+from processor.kafka.consumer import BrokerHealth
 from processor.logs import ProgressLog
+from processor.loop import NO_PARTITIONS
 from processor.metrics import (
     EVENT_OUTCOMES,
     KAFKA_ERROR_KINDS,
@@ -43,18 +44,19 @@ from processor.metrics import (
     multiprocess_registry,
     snapshot,
 )
+from processor.service.board import WorkerBoard
+from processor.service.supervisor import Supervisor
 from processor.sink.classify import RetryReason
-from processor.source import PartitionLag
 from processor.types import Stage
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 from tests.promql import exported_names, metric_names, template_metric_names
-from tests.unit.test_app import TP0, TP1, harness, page_views
+from tests.unit.test_loop import TP0, TP1, harness, page_views
 
 CHART_FILES = ROOT / "helm" / "tiktok-events-processor" / "files"
 DASHBOARD = CHART_FILES / "dashboard.json"
 ALERTS = CHART_FILES / "alerts.yaml"
 
-#: Labels a metric may carry: each takes values from a small fixed set (DESIGN §8).
+#: Labels a metric may carry: each takes values from a small fixed set (docs/ARCHITECTURE.md, "Metrics and health").
 ALLOWED_LABELS = {"topic", "partition", "stage", "event", "outcome", "code", "reason", "kind"}
 
 #: What the issue asks for: (exported name, type, labels).
@@ -267,7 +269,7 @@ def test_the_parent_is_ready_when_every_worker_is_and_one_has_partitions(
     tmp_path: Path,
 ) -> None:
     config = load_config(EXAMPLE_CONFIG, environ={})
-    supervisor = runner._Supervisor(config, tmp_path, 2)
+    supervisor = Supervisor(config, tmp_path, 2)
     board = supervisor._board
     supervisor._children = [_Child(), _Child()]  # type: ignore[list-item]
     assert supervisor.ready() == (False, "worker 0: starting; worker 1: starting")
@@ -292,11 +294,11 @@ def test_the_parent_is_ready_when_every_worker_is_and_one_has_partitions(
 
 
 def test_the_board_keeps_long_reasons_within_their_slot(tmp_path: Path) -> None:
-    board = runner.WorkerBoard(multiprocessing.get_context("spawn"), 1)
+    board = WorkerBoard(multiprocessing.get_context("spawn"), 1)
     board.publish(0, 12.5, False, "é" * 400)
     last_loop, ready, reason = board.read(0)
     assert (last_loop, ready) == (12.5, False)
-    assert 0 < len(reason.encode()) < runner.WorkerBoard.REASON_BYTES
+    assert 0 < len(reason.encode()) < WorkerBoard.REASON_BYTES
 
 
 # -- the progress line ----------------------------------------------------------------
@@ -376,7 +378,8 @@ def _turn_until(h: Any, condition: Callable[[], bool], turns: int = 10) -> None:
 
 def test_the_loop_counts_records_events_and_latency_and_updates_the_gauges() -> None:
     h = harness(max_batch_events=2)
-    h.source.feed = page_views(0, [0, 1]) + page_views(1, [0], important=False)
+    h.publish(0, page_views(0, 2))
+    h.publish(1, page_views(1, 1, important=False))
     h.source.lag = lambda: {TP0: PartitionLag(5, 0), TP1: PartitionLag(0, 1)}  # type: ignore[method-assign]
     h.turn(3)
     m = h.metrics
@@ -415,40 +418,35 @@ def _stats(*states: str) -> str:
     )
 
 
-def test_readiness_fails_while_every_broker_is_down_and_recovers_when_one_answers() -> None:
-    h = harness()
-    h.turn()
-    assert h.processor.ready == (True, "ok")
-    extra = h.source.callbacks["extra"]
-    assert extra["statistics.interval.ms"] > 0
-    extra["error_cb"](KafkaError(KafkaError._TRANSPORT, "b1: Connect failed"))
-    assert h.processor.ready == (True, "ok")  # one broker connection: not an outage
-    extra["error_cb"](KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
-    ok, reason = h.processor.ready
-    assert not ok
-    assert reason == "Kafka brokers unreachable: 1/1 brokers are down"
-    extra["stats_cb"](_stats("DOWN", "TRY_CONNECT"))
-    assert not h.processor.ready[0]
-    extra["stats_cb"](_stats("DOWN", "UP"))
-    assert h.processor.ready == (True, "ok")
-    extra["error_cb"](KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
-    h.source.feed = page_views(0, [0], important=False)  # a record is a broker answering
-    h.turn()
-    assert h.processor.ready == (True, "ok")
-    m = h.metrics
-    assert m.value("kafka_errors_total", {"kind": "all_brokers_down"}) == 2
-    assert m.value("kafka_errors_total", {"kind": "transport"}) == 1
+def test_broker_health_sees_an_outage_start_and_end_and_counts_kafka_errors() -> None:
+    # What the loop's readiness reads as the consumer's ``unreachable`` (tests/unit/test_loop.py).
+    metrics = Metrics()
+    health = BrokerHealth(metrics)
+    settings = health.settings()
+    assert settings["statistics.interval.ms"] > 0
+    settings["error_cb"](KafkaError(KafkaError._TRANSPORT, "b1: Connect failed"))
+    assert health.down is None  # one broker connection: not an outage
+    settings["error_cb"](KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    assert health.down == "Kafka brokers unreachable: 1/1 brokers are down"
+    settings["stats_cb"](_stats("DOWN", "TRY_CONNECT"))
+    assert health.down is not None
+    settings["stats_cb"](_stats("DOWN", "UP"))
+    assert health.down is None
+    settings["error_cb"](KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    health.answered()  # a record or an assignment is a broker answering
+    assert health.down is None
+    assert metrics.value("kafka_errors_total", {"kind": "all_brokers_down"}) == 2
+    assert metrics.value("kafka_errors_total", {"kind": "transport"}) == 1
 
 
-def test_a_fatal_kafka_error_stops_the_loop() -> None:
-    h = harness()
-    h.turn()
-    h.source.callbacks["extra"]["error_cb"](
+def test_broker_health_keeps_a_fatal_error_for_the_loop_to_stop_on() -> None:
+    metrics = Metrics()
+    health = BrokerHealth(metrics)
+    health.settings()["error_cb"](
         KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
     )
-    assert h.processor.turn() is False
-    assert h.processor.stop_reason == "fatal Kafka error: fenced by a newer instance"
-    assert h.metrics.value("kafka_errors_total", {"kind": "fatal"}) == 1
+    assert health.fatal == "fenced by a newer instance"
+    assert metrics.value("kafka_errors_total", {"kind": "fatal"}) == 1
 
 
 # -- the dashboard and the alert rules ------------------------------------------------

@@ -14,15 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processor import runner
 from processor.batching import Batch, PendingEvent
 from processor.config import Secret
 from processor.metrics import Metrics
 from processor.payload import BatchKey
 from processor.redact import ELLIPSIS, MIN_PREFIX, REDACTED, redact, shorten
+from processor.service.board import WorkerBoard
 from processor.sink import TikTokClient, Verdict, classify
 from processor.sink.classify import MAX_MESSAGE_CHARS
-from tests.unit.test_sink import PIXEL, envelope, outcomes, pending, running, tiktok, wait_for
+from tests.unit.sinkkit import PIXEL, envelope, outcomes, pending, running, tiktok, wait_for
 
 # 40 characters starting with "TKN", which the filler never holds, so any leak of its
 # start is found by a substring search.
@@ -214,7 +214,7 @@ def test_a_halt_reason_and_readyz_never_carry_part_of_the_token(
             return envelope(40105, message_at(position))
         return envelope(0)
 
-    board = runner.WorkerBoard(multiprocessing.get_context("spawn"), 1)
+    board = WorkerBoard(multiprocessing.get_context("spawn"), 1)
     with running(
         handler,
         config=tiktok(None, file=token_file),

@@ -20,17 +20,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from processor.app import Processor
 from processor.batching import Batch
 from processor.config import Config, load_config
+from processor.kafka.memory import MemorySource
+from processor.loop import Processor
 from processor.metrics import Metrics
 from processor.payload import BatchKey
 from processor.sink import Sender
 from processor.sink.classify import renumber_events
 from processor.transform import build_transformer
 from tests.conftest import EXAMPLE_CONFIG
-from tests.unit.test_app import NOW, TP0, FakeSource, page_views
-from tests.unit.test_sink import (
+from tests.unit.sinkkit import (
     NEW_TOKEN,
     PIXEL,
     TOKEN,
@@ -48,6 +48,7 @@ from tests.unit.test_sink import (
     tiktok,
     wait_for,
 )
+from tests.unit.test_loop import NOW, TP0, TP1, page_views, publish
 
 # A third token, as wrong as the first: what someone pastes by mistake.
 OTHER_WRONG_TOKEN = "tok-0dd0beef-also-wrong-never-log-me"
@@ -364,25 +365,21 @@ def test_a_first_token_that_appears_with_nothing_held_resumes_on_load(tmp_path: 
 # -- the poll loop through a halt, a wrong token and the right one ----------------------------------
 
 
-def pipeline(sender: Sender) -> tuple[Processor, FakeSource]:
+def pipeline(sender: Sender) -> tuple[Processor, MemorySource]:
     config: Config = load_config(EXAMPLE_CONFIG, environ={})
     config = replace(
         config,
         delivery=replace(config.delivery, max_batch_events=2, linger_ms=0, commit_interval_ms=10),
     )
     transformer, _ = build_transformer(config, lambda: NOW)
-    processor = Processor(config, transformer, Metrics(), sender, source_factory=FakeSource)
+    source = MemorySource([TP0, TP1])
+    processor = Processor(config, transformer, Metrics(), sender, source)
     processor.start()
-    source = processor._source
-    assert isinstance(source, FakeSource)
     return processor, source
 
 
-def committed(source: FakeSource) -> int | None:
-    merged: dict[object, int] = {}
-    for commit in source.commits + source.sync_commits:
-        merged.update(commit)
-    return merged.get(TP0)
+def committed(source: MemorySource) -> int | None:
+    return source.committed.get(TP0)
 
 
 def test_the_poll_loop_stays_paused_through_a_wrong_token_and_resumes_on_the_right_one(
@@ -412,7 +409,7 @@ def test_the_poll_loop_stays_paused_through_a_wrong_token_and_resumes_on_the_rig
             turn()
             assert time.monotonic() < deadline, "condition not met in time"
 
-    source.feed = page_views(0, [0, 1, 2, 3])
+    publish(source, 0, page_views(0, 4))
     turn_until(lambda: sender.halted is not None)
     turn_until(lambda: source.paused)
     submitted = sender.in_flight_batches
@@ -436,7 +433,7 @@ def test_the_poll_loop_stays_paused_through_a_wrong_token_and_resumes_on_the_rig
     turn_until(lambda: not source.paused)
     assert processor.shutdown() == 0
     assert processor.report.events_accepted == 4
-    app_lines = [r for r in caplog.records if r.name == "processor.app"]
+    app_lines = [r for r in caplog.records if r.name == "processor.loop"]
     assert len([r for r in app_lines if "delivery halted" in r.getMessage()]) == 1
     assert resumed_lines(caplog) == [ACCEPTED]
 
