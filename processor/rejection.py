@@ -6,7 +6,10 @@ It counts the rejection (the run report and ``records_dead_lettered_total``), fe
 the dead-letter guard (:class:`processor.dlq.DeadLetterGuard`), and writes the dead
 letter; the record's unit of work is done only once the broker acknowledged the
 letter (rule 2 of :mod:`processor.ledger`). A rejection for a fenced partition does
-nothing: the partition's next owner reads the record again.
+nothing: the partition's next owner reads the record again. Once the guard has
+tripped, no more dead letters are written: what is rejected after that (the rest of
+an in-flight batch TikTok refused, say) stays not done and uncommitted, so the
+restart handles it under the fixed configuration instead of it being dead-lettered.
 
 :meth:`Rejections.check` raises :class:`processor.errors.StopProcessing` once the
 guard has tripped or a dead letter could not be written; the loop calls it every turn.
@@ -50,7 +53,10 @@ class Rejections:
 
     def reject(self, ticket: Ticket, stage: str, reason: str, mapping: str | None) -> None:
         """Give up on one unit of ``ticket``'s work at ``stage`` for ``reason``."""
-        if not self._ledger.live(ticket):
+        if not self._ledger.live(ticket) or self._guard.tripped is not None:
+            # Fenced: the next owner reads the record again. Past the dead-letter limit:
+            # the processor is stopping, and the record stays not done, uncommitted, for
+            # the restart (after a bad deploy is fixed it may go through).
             return
         topic, partition, offset = ticket.source
         self._report.reject(stage)

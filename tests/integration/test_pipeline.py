@@ -304,6 +304,39 @@ def test_the_dead_letter_limit_stops_the_processor(
     assert committed <= len(dead_letters(pipeline))  # never past a record not yet dead-lettered
 
 
+def test_tiktok_refusing_every_event_trips_the_dead_letter_limit_and_stops(
+    make_pipeline: MakePipeline, processors: Callable[..., ProcessorProcess], sandbox: Sandbox
+) -> None:
+    # A TikTok-side fault (every event answered 40002) must stop the processor as surely
+    # as records that never map, not dead-letter the whole stream.
+    limit = 20
+    pipeline = make_pipeline(partitions=1, dead_letter={"max_consecutive": limit, "max_ratio": 1.0})
+    sandbox.set_faults("reject=-")  # every sample event id (a UUID) holds a "-"
+    records, expected = pipeline.sample(400, seed=67)
+    processor = processors(pipeline)
+    assert processor.wait(90) == 1, processor.log()
+    log = processor.log()
+    assert f"dead-letter limit reached: {limit} records in a row were dead-lettered" in log
+    assert "(last: api: 40002" in log
+    assert pipeline.accepted() == Counter()
+    # Nothing committed past a record that maps to an event and was not dead-lettered.
+    lettered = {
+        (letter["dlq.source.topic"], int(letter["dlq.source.offset"]))
+        for letter in dead_letters(pipeline)
+        if letter["dlq.stage"] == "api"
+    }
+    assert lettered
+    for kind, topic in pipeline.topics.items():
+        mine = [r for r in records if r.topic == topic]  # offsets in produce order: 1 partition
+        committed = pipeline.committed(kind).get(0, 0)
+        for offset, record in enumerate(mine[:committed]):
+            if record.expected_event is not None:
+                assert (topic, offset) in lettered, f"{topic}@{offset} committed, not dead-lettered"
+    # It stopped at the limit: what TikTok refused after that is left for the restart.
+    assert len(lettered) == limit
+    assert sum(expected.values()) > limit
+
+
 def test_workers_share_the_group(
     make_pipeline: MakePipeline, processors: Callable[..., ProcessorProcess]
 ) -> None:

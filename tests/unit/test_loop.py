@@ -344,6 +344,23 @@ def test_tiktok_rejecting_every_event_trips_the_dead_letter_limit() -> None:
     assert h.source.committed.get(TP0, 0) == 0
 
 
+def test_past_the_dead_letter_limit_rejections_are_left_uncommitted_for_the_restart() -> None:
+    # One batch of 8 that TikTok refuses whole: the 5th dead letter trips the limit (5 in a
+    # row in the harness); the other 3 are neither written nor committed past.
+    h = harness(max_batch_events=8)
+    h.publish(0, page_views(0, 8))
+    h.turn(2)
+    h.sender.complete(reject=lambda item: INVALID_EVENT_ID)
+    assert h.processor.turn() is False
+    assert h.processor.shutdown() == 1
+    assert h.producer is not None
+    assert [header_map(p.headers)["dlq.source.offset"] for p in h.producer.produced] == [
+        "0", "1", "2", "3", "4",
+    ]  # fmt: skip
+    assert h.source.committed.get(TP0, 0) == 5
+    assert h.metrics.value("records_dead_lettered_total", {"topic": TOPIC, "stage": "api"}) == 5
+
+
 # -- backpressure and halts -----------------------------------------------------------------
 
 
