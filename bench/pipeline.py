@@ -5,7 +5,9 @@ to a real broker, then runs ``tiktok-events run`` (one worker, a subprocess, as
 in production) against the sandbox with the request rate limit lifted, and
 times it from the first accepted event to the last. In the same run and on the
 same broker it measures a plain confluent-kafka consumer reading the same
-records (no processing) as the baseline, and prints both rates and their ratio.
+records and parsing them with orjson (no other processing) as the baseline, and
+prints both rates, their ratio, and the CPU each spends per record as the OS
+accounts it (the stable figure on a small, noisy machine).
 
     python bench/pipeline.py [--records 50000] [--workers 1] [--json]
 
@@ -31,14 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devkit.kafka import KafkaCluster, free_port, running_bootstrap, unique_name  # noqa: E402
-from processor.sample_producer import ensure_topics, generate, produce_sample  # noqa: E402
+from processor.kafka.producer import ensure_topics, produce_sample  # noqa: E402
+from processor.sample import generate  # noqa: E402
 from processor.sandbox import Sandbox  # noqa: E402
 
 TOKEN = "bench-token"  # noqa: S105 - the benchmark sandbox's throwaway token
 
 
-def consume_only(bootstrap: str, topics: list[str], count: int) -> float:
-    """Records/s of a consumer that only reads (the baseline)."""
+def consume_only(bootstrap: str, topics: list[str], count: int) -> tuple[float, float]:
+    """(records/s, CPU µs per record) of a consumer that only reads and parses (the baseline).
+
+    The CPU is this process's (librdkafka's threads included) while it reads; the sandbox
+    in this process is idle then.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -50,15 +57,20 @@ def consume_only(bootstrap: str, topics: list[str], count: int) -> float:
     consumer.subscribe(topics)
     seen = 0
     started = None
+    cpu_started = time.process_time()
     deadline = time.monotonic() + 120
     while seen < count and time.monotonic() < deadline:
         batch = consumer.consume(num_messages=1000, timeout=0.5)
         if batch and started is None:
             started = time.monotonic()
-        seen += sum(1 for m in batch if m.error() is None)
+        for message in batch:
+            if message.error() is None:
+                orjson.loads(message.value())
+                seen += 1
     took = time.monotonic() - (started or time.monotonic())
+    cpu = time.process_time() - cpu_started
     consumer.close()
-    return seen / took if took > 0 else 0.0
+    return (seen / took if took > 0 else 0.0), cpu * 1e6 / max(seen, 1)
 
 
 def write_config(workdir: Path, bootstrap: str, endpoint: str) -> Path:
@@ -87,8 +99,12 @@ def point_at_topics(config: Path, topics: dict[str, str]) -> None:
 
 def run_processor(
     stack: ExitStack, config: Path, workers: int, sandbox: Sandbox, total: int
-) -> tuple[float, float, float] | None:
-    """(launched, first accepted, all accepted) monotonic times, or None if not delivered."""
+) -> tuple[float, float, float, float] | None:
+    """(launched, first accepted, all accepted, CPU seconds), or None if not delivered.
+
+    The CPU is the OS's account of the processor's whole process tree (user + sys of the
+    process and the workers it waited for), from ``os.wait4``.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "TIKTOK_"))}
     prefix = os.environ.get("BENCH_PYTHON_PREFIX", "").split()  # e.g. "-m cProfile -o out"
     launched = time.monotonic()
@@ -109,10 +125,25 @@ def run_processor(
         time.sleep(0.05)
     done = time.monotonic()
     process.terminate()
-    process.wait(60)
+    cpu = wait_cpu(process, 60)
     if first is None or sandbox.stats()["events"]["accepted"] != total:
         return None
-    return launched, first, done
+    return launched, first, done, cpu
+
+
+def wait_cpu(process: subprocess.Popen[bytes], timeout: float) -> float:
+    """Reap ``process`` and return the user + sys seconds of it and its reaped children."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, _status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = 0
+            return usage.ru_utime + usage.ru_stime
+        time.sleep(0.05)
+    process.kill()
+    _pid, _status, usage = os.wait4(process.pid, 0)
+    process.returncode = -9
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -135,14 +166,15 @@ def main() -> int:
         ensure_topics(bootstrap, list(topics.values()), partitions=4)
         produce_sample(bootstrap, records)
         total = sum(expected.values())
-        baseline = consume_only(bootstrap, list(topics.values()), args.records)
+        baseline, baseline_cpu = consume_only(bootstrap, list(topics.values()), args.records)
         config = write_config(workdir, bootstrap, sandbox.endpoint)
         point_at_topics(config, topics)
         times = run_processor(stack, config, args.workers, sandbox, total)
         if times is None:
             print("the processor did not deliver every event")
             return 1
-        launched, first, done = times
+        launched, first, done, cpu = times
+        cpu_per_record = cpu * 1e6 / args.records
         rate = args.records / (done - first)
         ratio = rate / baseline if baseline else 0.0
         events_rate = rate * total / args.records
@@ -152,9 +184,15 @@ def main() -> int:
         print(f"pipeline ({workers}): {rate:12,.0f} records/s ({events_rate:,.0f} events/s)")
         print(f"consume-only baseline: {baseline:12,.0f} records/s")
         print(f"ratio pipeline/consume-only: {ratio:.3f}")
+        print(
+            f"CPU per record: pipeline {cpu_per_record:.1f} µs (whole run, start-up included), "
+            f"consume+parse {baseline_cpu:.1f} µs"
+        )
         if args.json:
             summary = {"records_per_s": round(rate), "baseline_per_s": round(baseline)}
             summary |= {"ratio": round(ratio, 4), "workers": args.workers}
+            summary |= {"cpu_us_per_record": round(cpu_per_record, 1)}
+            summary |= {"baseline_cpu_us_per_record": round(baseline_cpu, 1)}
             print(orjson.dumps(summary).decode())
         return 0
 
