@@ -1,23 +1,33 @@
 """Normalising and hashing customer information exactly as TikTok requires.
 
-TikTok matches ``email``, ``phone`` and ``external_id`` by the SHA-256 of their
-normalised form (lowercase hex), so two spellings of one address must hash the
-same and a raw value must never leave the process:
+TikTok matches ``email``, ``phone``, ``external_id``, ``first_name``, ``last_name``
+and ``zip_code`` by the SHA-256 of their normalised form (lowercase hex), so two
+spellings of one value must hash the same and a raw value must never leave the
+process:
 
-- email: trimmed and lower-cased (``" ALICE_abc@gmail.com "`` → ``alice_abc@gmail.com``);
+- email: format characters (Unicode category Cf: zero-width spaces and joiners,
+  word joiner, byte-order mark, soft hyphen) removed, composed to NFC, trimmed and
+  lower-cased (``" ALICE_abc@gmail.com "`` → ``alice_abc@gmail.com``);
 - phone: E.164 *with* the ``+`` and country code, no spaces, brackets or trunk 0
   (``"(+1)2133734253"`` → ``+12133734253``); numbers without a country code get
   the configured default region; parsing uses Google's libphonenumber rules;
 - external_id: trimmed (TikTok states no further normalisation);
-- a value that already is 64 hex characters is taken as a SHA-256 and passes
-  through (lower-cased), so upstream hashing is never hashed twice.
+- first_name, last_name: format characters removed, NFC, lower-cased, punctuation
+  and symbols removed, white space collapsed (``" Jean-Paul  O'Brien "`` →
+  ``jeanpaul obrien``), see :func:`normalize_name`;
+- zip_code: lower-cased with all white space removed (``" SW1A 1AA "`` → ``sw1a1aa``);
+- a value that already is 64 hex characters once trimmed is taken as a SHA-256 and
+  passes through (lower-cased), so upstream hashing is never hashed twice.
 
-``ip``, ``user_agent``, ``ttclid``, ``ttp`` and ``locale`` are never hashed.
+``country`` (ISO 3166-1 alpha-2, lower-cased), ``city`` and ``state`` are normalised
+but not hashed; ``ttclid`` and ``ttp`` are trimmed (a mapping's ``{from_url: …}`` finds a
+``ttclid`` in a page URL: :func:`processor.mapping.values.url_param`); ``ip``,
+``user_agent`` and ``locale`` are never hashed.
 
 Every function raises :class:`PiiError` with a message that never contains the
 value itself.
 
-The three hashers remember recent digests in caches bounded by the bytes they hold
+The hashers remember recent digests in caches bounded by the bytes they hold
 (:data:`HASH_CACHE_BYTES` in all), keyed on the *trimmed* value, so a value padded with
 megabytes of spaces costs a trim and is never kept (:func:`cache_info`).
 """
@@ -28,10 +38,12 @@ import hashlib
 import re
 import sys
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Final
+from functools import lru_cache, partial
+from typing import Any, Final, Protocol
 
 import phonenumbers
 
@@ -40,8 +52,14 @@ _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 # spaces, a dot in the domain. Real validation is the mailbox's business.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 _MAX_EMAIL = 254
+# Checked before invisible characters are removed, so that removing them from a
+# pathological value costs little; a real address is far shorter.
+_MAX_EMAIL_INPUT = 1024
 _MAX_EXTERNAL_ID = 512
 _MAX_PHONE_INPUT = 40
+# Far above any real name, city or state; far below what would take long to normalise.
+_MAX_NAME = 256
+_MAX_ZIP_CODE = 32
 
 
 class PiiError(ValueError):
@@ -58,11 +76,58 @@ def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def _normal(value: str, field: str, max_length: int, form: Callable[[str], str]) -> str:
+    """``form`` of the trimmed ``value``, refusing a value too long to be real and an
+    empty result (``field`` names the value in the error)."""
+    text = value.strip()
+    if len(text) > max_length:
+        raise PiiError(f"{field} too long")
+    normal = form(text) if text else text
+    if not normal:
+        raise PiiError(f"empty {field}")
+    return normal
+
+
+def _visible_nfc(text: str) -> str:
+    """``text`` without format characters (Unicode category Cf: zero-width space,
+    non-joiner and joiner, word joiner, byte-order mark, soft hyphen, direction marks),
+    then composed to NFC.
+
+    The format characters go first: one between a letter and its combining accent would
+    keep the two from composing (``"e\\u200b\\u0301"`` would not become ``"é"``).
+    """
+    if text.isascii():
+        return text  # ASCII has no format characters and is its own NFC
+    visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return unicodedata.normalize("NFC", visible)
+
+
+def _email_form(text: str) -> str:
+    return _visible_nfc(text).strip().lower()
+
+
+def _name_form(text: str) -> str:
+    lowered = _visible_nfc(text).lower()
+    letters = "".join(c for c in lowered if unicodedata.category(c)[0] not in "PS")
+    return " ".join(letters.split())
+
+
+def _place_form(text: str) -> str:
+    return " ".join(_visible_nfc(text).lower().split())
+
+
+def _zip_code_form(text: str) -> str:
+    return "".join(text.split()).lower()
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
 def normalize_email(value: str) -> str:
-    """Trim and lower-case; reject what cannot be an address."""
-    email = value.strip().lower()
-    if not email:
-        raise PiiError("empty email address")
+    """Remove format characters (category Cf), compose to NFC, trim and lower-case;
+    reject what cannot be an address."""
+    email = _normal(value, "email address", _MAX_EMAIL_INPUT, _email_form)
     if len(email) > _MAX_EMAIL or _EMAIL.fullmatch(email) is None:
         raise PiiError("not a valid email address")
     return email
@@ -74,11 +139,7 @@ def normalize_phone(value: str, default_region: str | None = None) -> str:
     ``default_region`` (ISO 3166 alpha-2, e.g. ``"US"``) applies to numbers
     written without a country code; without it such numbers are rejected.
     """
-    raw = value.strip()
-    if not raw:
-        raise PiiError("empty phone number")
-    if len(raw) > _MAX_PHONE_INPUT:
-        raise PiiError("phone number too long")
+    raw = _normal(value, "phone number", _MAX_PHONE_INPUT, _unchanged)
     try:
         number = phonenumbers.parse(raw, default_region)
     except phonenumbers.NumberParseException as exc:
@@ -102,34 +163,108 @@ def normalize_phone(value: str, default_region: str | None = None) -> str:
 
 def normalize_external_id(value: str) -> str:
     """Trim; reject empty and absurdly long ids."""
-    external_id = value.strip()
-    if not external_id:
-        raise PiiError("empty external_id")
-    if len(external_id) > _MAX_EXTERNAL_ID:
-        raise PiiError("external_id too long")
-    return external_id
+    return _normal(value, "external_id", _MAX_EXTERNAL_ID, _unchanged)
 
 
-# Visitors come back many times a session: caching the three hashers makes a
-# returning visitor's PII cost a trim and a dict lookup. The bound is in bytes, not
-# entries, because entries are as long as the values are: 65,536 entries keyed on raw
-# values held 900 MB for 300 records padded to 3 MB each.
+def normalize_first_name(value: str) -> str:
+    """A first name as it is hashed, exactly: format characters (category Cf) removed;
+    composed to NFC; lower-cased; punctuation and symbols (categories P* and S*:
+    ``- ' . ,``, ``™``, emoji, ...) removed, not replaced; every run of white space
+    made one space and white space at either end removed. Letters, combining marks and
+    digits stay: ``" Jean-Paul  O'Brien "`` → ``jeanpaul obrien``. Empty (before or
+    after that) and over 256 characters are refused."""
+    return _normal(value, "first_name", _MAX_NAME, _name_form)
+
+
+def normalize_last_name(value: str) -> str:
+    """A last name as it is hashed: exactly as :func:`normalize_first_name`
+    (``"  de la Cruz-Núñez "`` → ``de la cruznúñez``)."""
+    return _normal(value, "last_name", _MAX_NAME, _name_form)
+
+
+def normalize_zip_code(value: str) -> str:
+    """A zip code as it is hashed: lower-cased, with every white space character
+    removed (``" SW1A 1AA "`` → ``sw1a1aa``); empty and over 32 characters are refused.
+
+    Hyphens and everything else stay: they are part of real formats (US ZIP+4
+    ``12345-6789``, Portugal ``1000-001``, Japan ``100-0001``), and the rule TikTok
+    integrations state is lower-case without spaces, nothing more.
+    """
+    return _normal(value, "zip_code", _MAX_ZIP_CODE, _zip_code_form)
+
+
+def normalize_country(value: str) -> str:
+    """ISO 3166-1 alpha-2, lower-cased (``" US "`` → ``us``); not hashed.
+
+    The codes accepted are the regions libphonenumber knows
+    (``phonenumbers.SUPPORTED_REGIONS``): every inhabited country, plus ``XK``
+    (Kosovo), ``AC`` (Ascension) and ``TA`` (Tristan da Cunha); codes of places
+    without telephone numbers of their own (``AQ``, ``BV``, ``HM``, ...) are refused.
+    """
+    code = value.strip()
+    if not code:
+        raise PiiError("empty country")
+    # isascii: the long s (U+017F) upper-cases to "S", so it and "s" would pass for "SS".
+    if len(code) != 2 or not code.isascii() or code.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise PiiError("country is not an ISO 3166-1 alpha-2 code")
+    return code.lower()
+
+
+def normalize_city(value: str) -> str:
+    """A city as it is sent (not hashed), exactly: format characters (category Cf)
+    removed; composed to NFC; lower-cased; every run of white space made one space and
+    white space at either end removed. Punctuation stays (``" St.  Louis "`` →
+    ``st. louis``). Empty and over 256 characters are refused."""
+    return _normal(value, "city", _MAX_NAME, _place_form)
+
+
+def normalize_state(value: str) -> str:
+    """A state as it is sent (not hashed): exactly as :func:`normalize_city`
+    (``" New  South Wales "`` → ``new south wales``, ``"CA"`` → ``ca``)."""
+    return _normal(value, "state", _MAX_NAME, _place_form)
+
+
+def normalize_click_id(value: str) -> str:
+    """A ``ttclid`` or ``ttp`` as it is sent (not hashed): trimmed, case kept."""
+    click_id = value.strip()
+    if not click_id:
+        raise PiiError("empty click id")
+    return click_id
+
+
+# Visitors come back many times a session: caching the hashers makes a returning
+# visitor's PII cost a trim and a dict lookup. The bound is in bytes, not entries,
+# because entries are as long as the values are: 65,536 entries keyed on raw values held
+# 900 MB for 300 records padded to 3 MB each.
 #
-# Every cache is keyed on the trimmed value. That is sound because all a hasher does
-# after its pre-hashed check is a function of the trimmed value (normalising starts by
-# trimming), and stays so if that check moves after the trim or normalising does more;
-# and it keeps padding out of the cache. Only digests of values that
-# normalised are stored: an invalid value raises again each time, as it did before.
-# The hashers test the length before calling is_sha256_hex: almost no value is 64
+# Every cache is keyed on the trimmed value. That is sound because all a hasher does is
+# a function of the trimmed value: it trims first, then tests for a digest, then
+# normalises (and normalising starts by trimming, which changes nothing by then); and it
+# keeps padding out of the cache. A phone's key also holds the default region, on which
+# a national number's digest depends. Only digests of values that normalised are
+# stored: an invalid value raises again each time, as it did before. The hashers test
+# the trimmed value's length before calling is_sha256_hex: almost no value is 64
 # characters long, and the call alone is a third of what a hit costs.
+#
+# Names and zip codes are cached too: they come in the same records as emails (a
+# returning customer's checkout carries them all), and a name costs more to normalise
+# than an email does (a Unicode category per character). First and last names share one
+# cache: they are normalised alike, so a trimmed name has one digest whichever field it
+# came in. Zip codes are normalised otherwise ("a b" is the name "a b" but the zip code
+# "ab"), so they have their own.
 
-#: Bytes all three caches may hold together: keys, digests and the cache's own slots.
+#: Bytes all the caches may hold together: keys, digests and the caches' own slots.
 HASH_CACHE_BYTES: Final = 8 * 1024 * 1024
 # Phone keys are 40 characters at most, so a quarter holds about as many phones as half
-# holds emails; external ids get the rest.
+# holds emails. Fewer mappings send external ids, names and zip codes: an eighth for the
+# ids, a sixteenth each for names and zip codes (short keys: thousands of entries).
 _EMAIL_CACHE_BYTES: Final = HASH_CACHE_BYTES // 2
 _PHONE_CACHE_BYTES: Final = HASH_CACHE_BYTES // 4
-_EXTERNAL_ID_CACHE_BYTES: Final = HASH_CACHE_BYTES - _EMAIL_CACHE_BYTES - _PHONE_CACHE_BYTES
+_EXTERNAL_ID_CACHE_BYTES: Final = HASH_CACHE_BYTES // 8
+_NAME_CACHE_BYTES: Final = HASH_CACHE_BYTES // 16
+_ZIP_CODE_CACHE_BYTES: Final = HASH_CACHE_BYTES - (
+    _EMAIL_CACHE_BYTES + _PHONE_CACHE_BYTES + _EXTERNAL_ID_CACHE_BYTES + _NAME_CACHE_BYTES
+)
 #: What an entry holds besides its key: the digest (a 64-character ASCII str) and the
 #: OrderedDict's share (hash-table slot and list node). tracemalloc measured that share
 #: at about 66 bytes in a table filled once and 135 under steady eviction (deleted
@@ -221,11 +356,13 @@ def _phone_key_bytes(key: tuple[str, str | None]) -> int:
 _EMAILS: Final = _DigestCache(_EMAIL_CACHE_BYTES)
 _PHONES: Final = _DigestCache(_PHONE_CACHE_BYTES, _phone_key_bytes)
 _EXTERNAL_IDS: Final = _DigestCache(_EXTERNAL_ID_CACHE_BYTES)
-_CACHES: Final = (_EMAILS, _PHONES, _EXTERNAL_IDS)
+_NAMES: Final = _DigestCache(_NAME_CACHE_BYTES)
+_ZIP_CODES: Final = _DigestCache(_ZIP_CODE_CACHE_BYTES)
+_CACHES: Final = (_EMAILS, _PHONES, _EXTERNAL_IDS, _NAMES, _ZIP_CODES)
 
 
 def cache_info() -> CacheInfo:
-    """What the three hash caches hold together (``bytes`` never exceeds ``max_bytes``)."""
+    """What the hash caches hold together (``bytes`` never exceeds ``max_bytes``)."""
     infos = [cache.info() for cache in _CACHES]
     return CacheInfo(
         sum(i.entries for i in infos), sum(i.bytes for i in infos), sum(i.max_bytes for i in infos)
@@ -233,42 +370,104 @@ def cache_info() -> CacheInfo:
 
 
 def cache_clear() -> None:
-    """Empty the three hash caches."""
+    """Empty the hash caches."""
     for cache in _CACHES:
         cache.clear()
 
 
-def hash_email(value: str) -> str:
-    """The value TikTok expects in ``user.email``."""
-    if len(value) == 64 and is_sha256_hex(value):
-        return value.lower()
-    key = value.strip()
-    digest = _EMAILS.get(key)
-    if digest is None:
-        digest = sha256_hex(normalize_email(key))
-        _EMAILS.put(key, digest)
-    return digest
+class _Cache(Protocol):
+    """What a hasher needs of its cache."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+    def put(self, key: str, digest: str, /) -> None: ...
+
+
+class _RegionalPhones:
+    """The phone cache as the hasher of one default region sees it: its keys are
+    ``(number, region)``, because a national number's digest depends on the region."""
+
+    __slots__ = ("_find", "_region", "_store")
+
+    def __init__(self, region: str | None) -> None:
+        self._find = _PHONES.get
+        self._store = _PHONES.put
+        self._region = region
+
+    def get(self, number: str) -> str | None:
+        return self._find((number, self._region))
+
+    def put(self, number: str, digest: str) -> None:
+        self._store((number, self._region), digest)
+
+
+def _hasher(
+    name: str, normalise: Callable[[str], str], cache: _Cache, doc: str
+) -> Callable[[str], str]:
+    """A hasher of one field: a value that is a digest once trimmed passes through
+    lower-cased; any other is normalised (from its trimmed form) and hashed, and its
+    digest cached under the trimmed form."""
+    # Bound once: the hit path is a trim, a length test and this lookup.
+    find = cache.get
+    remember = cache.put
+
+    def hash_value(value: str) -> str:
+        key = value.strip()
+        if len(key) == 64 and is_sha256_hex(key):
+            return key.lower()
+        digest = find(key)
+        if digest is None:
+            digest = sha256_hex(normalise(key))
+            remember(key, digest)
+        return digest
+
+    hash_value.__name__ = hash_value.__qualname__ = name
+    hash_value.__doc__ = doc
+    return hash_value
+
+
+hash_email: Final = _hasher(
+    "hash_email", normalize_email, _EMAILS, "The value TikTok expects in ``user.email``."
+)
+hash_external_id: Final = _hasher(
+    "hash_external_id",
+    normalize_external_id,
+    _EXTERNAL_IDS,
+    "The value TikTok expects in ``user.external_id``.",
+)
+hash_first_name: Final = _hasher(
+    "hash_first_name",
+    normalize_first_name,
+    _NAMES,
+    "The value TikTok expects in ``user.first_name`` (see :func:`normalize_first_name`).",
+)
+hash_last_name: Final = _hasher(
+    "hash_last_name",
+    normalize_last_name,
+    _NAMES,
+    "The value TikTok expects in ``user.last_name`` (see :func:`normalize_last_name`).",
+)
+hash_zip_code: Final = _hasher(
+    "hash_zip_code",
+    normalize_zip_code,
+    _ZIP_CODES,
+    "The value TikTok expects in ``user.zip_code`` (see :func:`normalize_zip_code`).",
+)
+
+
+# One hasher per default region, made on first use; a process uses one or two. The
+# bound only keeps a caller passing arbitrary regions from piling up hashers.
+@lru_cache(maxsize=64)
+def _phone_hasher(default_region: str | None) -> Callable[[str], str]:
+    return _hasher(
+        "hash_phone",
+        partial(normalize_phone, default_region=default_region),
+        _RegionalPhones(default_region),
+        "The value TikTok expects in ``user.phone``.",
+    )
 
 
 def hash_phone(value: str, default_region: str | None = None) -> str:
-    """The value TikTok expects in ``user.phone``."""
-    if len(value) == 64 and is_sha256_hex(value):
-        return value.lower()
-    key = (value.strip(), default_region)
-    digest = _PHONES.get(key)
-    if digest is None:
-        digest = sha256_hex(normalize_phone(key[0], default_region))
-        _PHONES.put(key, digest)
-    return digest
-
-
-def hash_external_id(value: str) -> str:
-    """The value TikTok expects in ``user.external_id``."""
-    if len(value) == 64 and is_sha256_hex(value):
-        return value.lower()
-    key = value.strip()
-    digest = _EXTERNAL_IDS.get(key)
-    if digest is None:
-        digest = sha256_hex(normalize_external_id(key))
-        _EXTERNAL_IDS.put(key, digest)
-    return digest
+    """The value TikTok expects in ``user.phone``; ``default_region`` as in
+    :func:`normalize_phone`."""
+    return _phone_hasher(default_region)(value)
