@@ -1,7 +1,7 @@
-"""Per-pixel batches of events, closed by count or by linger time.
+"""Per-source batches of events, closed by count or by linger time.
 
-Events that may share a request (same pixel, same test event code: a
-:class:`~processor.payload.BatchKey`) collect in one open batch. A batch closes
+Events that may share a request (same event source and source id, same test event
+code: a :class:`~processor.payload.BatchKey`) collect in one open batch. A batch closes
 when it holds ``max_events`` (TikTok's limit is 1,000) or when its oldest event
 has waited ``linger_s``. Each event travels with an opaque ``ref``, the
 pipeline's handle for acknowledging it once the request that carried it is
@@ -54,8 +54,8 @@ class Batcher:
             raise ValueError("linger_s must be >= 0")
         self._max = max_events
         self._linger = linger_s
-        # Keyed by BatchKey, looked up with plain (pixel, test code) tuples.
-        self._open: dict[tuple[str, str | None], Batch] = {}
+        # Keyed by BatchKey, looked up with plain (source, source id, test code) tuples.
+        self._open: dict[tuple[str, str, str | None], Batch] = {}
         self._buffered = 0
 
     @property
@@ -66,7 +66,7 @@ class Batcher:
     def add(self, ref: Any, event: MappedEvent, now: float) -> Batch | None:
         """Add one event; returns the batch it filled, if it filled one."""
         # A plain tuple equals its BatchKey: the NamedTuple is built for new batches only.
-        batch = self._open.get((event.pixel_code, event.test_event_code))
+        batch = self._open.get((event.event_source, event.event_source_id, event.test_event_code))
         if batch is None:
             key = batch_key(event)
             batch = self._open[key] = Batch(key, [], now)

@@ -66,6 +66,9 @@ def _print_summary(config: Config, transformer: Transformer, out: TextIO) -> Non
     print(f"  dead letters → {dlq}", file=out)
     print(f"tiktok: {t.endpoint}", file=out)
     print(f"  pixel {t.pixel_code}, token from {t.access_token.source()}", file=out)
+    for tenant in t.pixels:
+        source = tenant.access_token.source()
+        print(f"  pixel {tenant.name} ({tenant.event_source_id}): token from {source}", file=out)
     if t.test_event_code:
         print(f"  test event code {t.test_event_code} (TikTok does not keep test events)", file=out)
     for topic in transformer.topics:
@@ -78,7 +81,8 @@ def _print_summary(config: Config, transformer: Transformer, out: TextIO) -> Non
             when = "every record" if m.source.when is None else _describe_rule(m.source.when)
             hashed = ", ".join(m.hashed_fields) or "nothing"
             test = f", test code {m.test_event_code}" if m.test_event_code else ""
-            print(f"  {m.name} → {m.event_name}  pixel {m.pixel_code}{test}", file=out)
+            source = f"{m.event_source} {m.event_source_id}"
+            print(f"  {m.name} → {m.event_name}  {source}{test}", file=out)
             print(f"    when {when}", file=out)
             print(f"    hashed (SHA-256): {hashed}", file=out)
 
@@ -125,6 +129,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
             events = ", ".join(e["event"] for e in line.body["data"])
             via = ", ".join(line.mappings)
             print(f"line {line.line}: {events} via {via} → POST {config.tiktok.endpoint}")
+            for field, reason in line.dropped:
+                print(f"  dropped: {field} ({reason})")
             print(orjson.dumps(line.body, option=orjson.OPT_INDENT_2).decode())
         elif line.outcome == "filtered":
             print(f"line {line.line}: filtered ({line.reason}: {', '.join(line.mappings)})")

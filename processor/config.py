@@ -5,10 +5,12 @@ file against ``schemas/config.schema.json`` and then checks what a schema cannot
 (files exist, names are unique, a topic has one input schema), and reports every
 problem at once as ``path: message`` in a :class:`~processor.errors.ConfigError`.
 
-Secrets (the TikTok access token, librdkafka passwords) are held in
-:class:`Secret`, whose ``repr`` and ``str`` never show the value. The token is
+Secrets (the TikTok access tokens, librdkafka passwords) are held in
+:class:`Secret`, whose ``repr`` and ``str`` never show the value. A token is
 never read from the YAML file itself: it comes from an environment variable or
 a file, and the file is re-read after a token error so rotation needs no restart.
+TikTok issues a token per pixel, so ``tiktok.pixels`` may give an event source id a
+token of its own (:class:`PixelToken`); every other id uses the default token.
 
 The file is read by :mod:`processor.safeyaml` within bounds (size, nesting, the
 number of values with aliases expanded; no duplicate keys), and no input makes
@@ -48,13 +50,30 @@ import jsonschema_rs
 
 from processor.errors import ConfigError
 from processor.safeyaml import read_yaml_file
-from processor.schemas import MASK, SCHEMAS_DIR, format_path, load_schema
+from processor.schemas import (
+    MASK,
+    SCHEMAS_DIR,
+    SourceRules,
+    format_path,
+    load_schema,
+    source_rules,
+)
 
 DEFAULT_ENDPOINT: Final = "https://business-api.tiktok.com/open_api/v1.3/event/track/"
 DEFAULT_TOKEN_ENV: Final = "TIKTOK_ACCESS_TOKEN"  # noqa: S105 - a variable name, not a token
+#: The tenant name of the default token (``tiktok.access_token_*``): the ``pixel`` label of
+#: every event source id that ``tiktok.pixels`` does not list.
+DEFAULT_TENANT: Final = "default"
 CONFIG_SCHEMA: Final = "config.schema.json"
 #: librdkafka's default message.max.bytes: a larger record is dead-lettered unparsed.
 DEFAULT_MAX_RECORD_BYTES: Final = 1_000_000
+#: What a mapping's ``event_source_id`` is, for each ``event_source``.
+SOURCE_ID_NAMES: Final = {
+    "web": "pixel code",
+    "app": "TikTok app id",
+    "offline": "offline event set id",
+    "crm": "CRM event set id",
+}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -159,12 +178,24 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PixelToken:
+    """A tenant: the event source id (pixel code or event set id) whose requests carry a
+    token of their own, and the ``name`` it goes by in metrics and readiness."""
+
+    name: str
+    event_source_id: str
+    access_token: AccessToken
+
+
+@dataclass(frozen=True, slots=True)
 class TikTokConfig:
     pixel_code: str
     access_token: AccessToken
     endpoint: str = DEFAULT_ENDPOINT
     test_event_code: str | None = None
     partner_name: str | None = None
+    #: Tenants with a token of their own; every other event source id uses ``access_token``.
+    pixels: tuple[PixelToken, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +271,16 @@ class MappingConfig:
     schema_name: str | None = None
     when: Mapping[str, Any] | None = None
     event_id: str | None = None
-    pixel_code: str | None = None
+    #: TikTok's event_source: web, app, offline or crm.
+    event_source: str = "web"
+    #: The pixel code, app id or event set id; None for a web mapping that takes
+    #: ``tiktok.pixel_code`` (``pixel_code`` in the file is this field, for web).
+    event_source_id: str | None = None
     test_event_code: str | None = None
     limited_data_use: bool | None = None
+    #: A customer-information value that cannot be normalised: left out of the event
+    #: and counted (``drop``), or the whole event rejected (``reject``).
+    on_invalid_identifier: str = "drop"
     index: int = 0  # position in the file, for messages: mappings[index]
 
 
@@ -351,6 +389,10 @@ def _structural_problems(raw: Any) -> list[str]:
                 problems.append(f"{prefix}{key}: unknown setting{hint}")
         elif isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
             problems.append(f"{prefix}{kind.property}: required")
+        elif isinstance(kind, jsonschema_rs.ValidationErrorKind.Enum):
+            # The validator's own message names two values and counts the rest.
+            allowed = ", ".join(str(option) for option in kind.options)
+            problems.append(f"{where or '(top level)'}: must be one of {allowed}")
         else:
             message = error.message.replace(f"{MASK} is ", "value is ")
             problems.append(f"{where or '(top level)'}: {message}")
@@ -398,12 +440,15 @@ def _build(
     env_token = environ.get(token_env, "").strip()
     token = AccessToken(token_env, Secret(env_token) if env_token else None, token_file)
     problems += _listed(_token_problem(token, require_token))
+    pixels, pixel_problems = _pixels(t.get("pixels"), base, environ, require_token, broken)
+    problems += pixel_problems
     tiktok = TikTokConfig(
         pixel_code=t["pixel_code"],
         access_token=token,
         endpoint=t.get("endpoint", DEFAULT_ENDPOINT),
         test_event_code=t.get("test_event_code"),
         partner_name=t.get("partner_name"),
+        pixels=pixels,
     )
 
     d = dict(_valid_part(raw, "delivery", broken))
@@ -444,6 +489,7 @@ def _build(
             )
         if m["topic"] == kafka.dead_letter_topic:
             problems.append(f"{where}.topic: the dead-letter topic cannot be consumed")
+        problems += _source_problems(where, m)
         mappings.append(
             MappingConfig(
                 name=m["name"],
@@ -454,9 +500,11 @@ def _build(
                 schema_name=schema_name,
                 when=m.get("when"),
                 event_id=m.get("event_id"),
-                pixel_code=m.get("pixel_code"),
+                event_source=m.get("event_source", "web"),
+                event_source_id=m.get("event_source_id", m.get("pixel_code")),
                 test_event_code=m.get("test_event_code"),
                 limited_data_use=m.get("limited_data_use"),
+                on_invalid_identifier=m.get("on_invalid_identifier", "drop"),
                 index=i,
             )
         )
@@ -470,6 +518,89 @@ def _build(
         metrics=MetricsConfig(**_valid_part(raw, "metrics", broken)),
     )
     return config, problems
+
+
+def _pixels(
+    raw: Any, base: Path, environ: Mapping[str, str], require_token: bool, broken: set[str]
+) -> tuple[tuple[PixelToken, ...], list[str]]:
+    """The tenants of ``tiktok.pixels`` and their problems (an entry the schema refused is
+    skipped: its own problems are reported already)."""
+    pixels: list[PixelToken] = []
+    problems: list[str] = []
+    names: dict[str, int] = {}
+    ids: dict[str, int] = {}
+    for i, p in enumerate(raw if isinstance(raw, list) else []):
+        where = f"tiktok.pixels[{i}]"
+        if where in broken or not isinstance(p, dict):
+            continue
+        name, source_id = p["name"], p["event_source_id"]
+        if name == DEFAULT_TENANT:
+            problems.append(f"{where}.name: {name!r} is the default token's name; choose another")
+        elif name in names:
+            first = names[name]
+            problems.append(f"{where}.name: {name!r} is already used by tiktok.pixels[{first}]")
+        names.setdefault(name, i)
+        if source_id in ids:
+            problems.append(
+                f"{where}.event_source_id: {source_id!r} is already listed by "
+                f"tiktok.pixels[{ids[source_id]}]"
+            )
+        ids.setdefault(source_id, i)
+        file_name, env_name = p.get("access_token_file"), p.get("access_token_env")
+        if file_name is not None and env_name is not None:
+            problems.append(
+                f"{where}.access_token_env: give access_token_file or access_token_env, not both"
+            )
+            continue
+        if file_name is None and env_name is None:
+            problems.append(f"{where}.access_token_file: required (or access_token_env)")
+            continue
+        token_file = None if file_name is None else Path(file_name)
+        if token_file is not None and not token_file.is_absolute():
+            token_file = base / token_file
+        env_value = "" if env_name is None else environ.get(env_name, "").strip()
+        token = AccessToken(env_name or "", Secret(env_value) if env_value else None, token_file)
+        problems += _listed(_token_problem(token, require_token, where))
+        pixels.append(PixelToken(name, source_id, token))
+    return tuple(pixels), problems
+
+
+def _source_problems(where: str, m: Mapping[str, Any]) -> list[str]:
+    """What a mapping's event source rules out: a missing or doubled source id, and the
+    targets and event names TikTok does not take from that source."""
+    source = m.get("event_source", "web")
+    problems: list[str] = []
+    if "pixel_code" in m and "event_source_id" in m:
+        problems.append(
+            f"{where}.pixel_code: give event_source_id or pixel_code, not both "
+            "(pixel_code is a web mapping's event_source_id)"
+        )
+    elif "pixel_code" in m and source != "web":
+        problems.append(
+            f"{where}.pixel_code: only for event_source web; "
+            f"give the {SOURCE_ID_NAMES[source]} as event_source_id"
+        )
+    elif "event_source_id" not in m and source != "web":
+        problems.append(
+            f"{where}.event_source_id: required for event_source {source} "
+            f"(the {SOURCE_ID_NAMES[source]})"
+        )
+    rules = source_rules()[source]
+    event_problem = rules.event_problem(m["event"])
+    if event_problem is not None:
+        problems.append(f"{where}.event: {event_problem}")
+    if m.get("limited_data_use") is not None:
+        problems += _listed(_field_problem(f"{where}.limited_data_use", rules, "limited_data_use"))
+    for target in m["fields"]:
+        # properties.contents[0].price is the payload's properties.contents[].price.
+        path = target.replace("[0]", "")
+        problems += _listed(_field_problem(f"{where}.fields.{target}", rules, path))
+    return problems
+
+
+def _field_problem(where: str, rules: SourceRules, path: str) -> str | None:
+    problem = rules.field_problem(path)
+    return None if problem is None else f"{where}: {problem}"
 
 
 def _dead_letter(raw: Mapping[str, Any]) -> DeadLetterConfig:
@@ -536,14 +667,15 @@ def _path_problem(where: str, path: Path, *, folder: bool = False) -> str | None
     return None
 
 
-def _token_problem(token: AccessToken, required: bool) -> str | None:
-    """Why the token cannot be used. Offline (``required`` false) the file need not exist
-    yet, since secrets are mounted where the processor runs; it must not be a directory."""
+def _token_problem(token: AccessToken, required: bool, section: str = "tiktok") -> str | None:
+    """Why the token cannot be used (named as a field of ``section``). Offline
+    (``required`` false) the file need not exist yet, since secrets are mounted where the
+    processor runs; it must not be a directory."""
     if token.file is None:
         if required and token.env_value is None:
-            return f"tiktok.access_token_env: no access token in {token.source()}"
+            return f"{section}.access_token_env: no access token in {token.source()}"
         return None
-    where = "tiktok.access_token_file"
+    where = f"{section}.access_token_file"
     try:
         mode = token.file.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
@@ -674,7 +806,11 @@ def load_config(
 
 
 def _section_of(problem: str) -> str:
-    """``mappings[2].fields.x: …`` → ``mappings[2]``; ``kafka.group_id: …`` → ``kafka``."""
+    """``mappings[2].fields.x: …`` → ``mappings[2]``; ``kafka.group_id: …`` → ``kafka``;
+    ``tiktok.pixels[1].name: …`` → ``tiktok.pixels[1]`` (one bad tenant leaves the rest
+    of the tiktok section to be checked)."""
     where = problem.split(":", 1)[0]
+    if where.startswith("tiktok.pixels["):
+        return where.split("]", 1)[0] + "]"
     head = where.split(".", 1)[0]
     return head if head != "(top level)" else ""

@@ -15,15 +15,18 @@ through :meth:`BatchSender.poll_completions`, drained at the start of every turn
   between the consumer and TikTok; above that every partition is paused (consume()
   keeps the membership alive), and resumed below half of it.
 - **A halted sender** (a token or permission error) pauses consumption; nothing is
-  committed past the held events; it resumes when the token is rotated.
+  committed past the held events; it resumes when the token is rotated. With a token
+  per pixel (``tiktok.pixels``) ``halted`` means every tenant is halted; one halted
+  tenant (``partly_halted``) pauses nothing: its batches are submitted and held by
+  the sender while the others flow, within ``max_buffered_events`` as always.
 - **On revoke** the revoked partitions' batches are flushed and their work waited
   for (up to ``drain_timeout_s``), their positions committed synchronously, and
   their ledgers fenced.
 - **On stop** (SIGTERM/SIGINT): no new records, batches flushed, in-flight work
   waited for up to the drain timeout, every position committed, the group left.
 
-Readiness (``/readyz``): not halted, the brokers reachable, partitions assigned, and
-none of them stalled (:mod:`processor.liveness`).
+Readiness (``/readyz``): no tenant halted, the brokers reachable, partitions
+assigned, and none of them stalled (:mod:`processor.liveness`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from processor.errors import StopProcessing
 from processor.kafka.api import Consumer, Record, TopicPartition
 from processor.ledger import Ledger, PartitionLedger, Source, Ticket
 from processor.liveness import StallWatch
+from processor.mapping.coerce import drop_reason
 from processor.metrics import Metrics
 from processor.rejection import Rejections
 from processor.report import RunReport
@@ -90,7 +94,13 @@ class BatchSender(Protocol):
     def wait(self, timeout: float) -> bool: ...
 
     @property
-    def halted(self) -> str | None: ...
+    def halted(self) -> str | None:
+        """Why nothing can be delivered (every tenant halted), or None."""
+
+    @property
+    def partly_halted(self) -> str | None:
+        """The tenants halted while others deliver (``pixel shop-eu: 40105 …``), or None:
+        their batches are still submitted (the sender holds them)."""
 
     def close(self, timeout: float) -> None: ...
 
@@ -162,9 +172,10 @@ class Processor:
 
     @property
     def ready(self) -> tuple[bool, str]:
-        """Not halted, no fatal Kafka error, the brokers reachable, partitions assigned,
-        and none of them stalled (for ``/readyz``)."""
-        halted = self._sender.halted
+        """No tenant halted, no fatal Kafka error, the brokers reachable, partitions
+        assigned, and none of them stalled (for ``/readyz``). One halted pixel fails it
+        too: its events wait for the operator to fix its token."""
+        halted = self._sender.halted or self._sender.partly_halted
         if halted:
             return False, f"halted: {halted}"
         fatal = self._source.fatal
@@ -264,6 +275,8 @@ class Processor:
         for event in events:
             name = event.payload["event"]
             mapped[name] = mapped.get(name, 0) + 1
+            if event.dropped:
+                self._count_dropped(name, event.dropped)
             self._outstanding_events += 1
             full = self._batcher.add(ticket, event, now)
             if full is not None:
@@ -296,6 +309,10 @@ class Processor:
         # The sender logs what ends a halt or prolongs it, as only it knows which: a new
         # token tried, refused too ("still halted"), or accepted ("delivery resumed").
         self._halt_logged = halted
+
+    def _count_dropped(self, event: str, dropped: Sequence[tuple[str, str]]) -> None:
+        for field, reason in dropped:
+            self._metrics.identifiers_dropped.labels(event, field, drop_reason(reason)).inc()
 
     def _flush_counts(self) -> None:
         m = self._metrics

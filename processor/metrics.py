@@ -1,7 +1,7 @@
 """Every metric the processor exports, and the ``/metrics``, ``/healthz``, ``/readyz`` server.
 
 All names carry the ``tiktok_events_`` prefix; counters end in ``_total``, durations
-in ``_seconds``. Label values come only from small fixed sets (topic and event
+in ``_seconds``. Label values come only from small fixed sets (topic, event and pixel
 names from the configuration, outcomes, stages, code classes, partitions), never
 from record data, URLs or ids. Metrics take a ``registry`` so tests build a fresh
 ``CollectorRegistry()`` and read samples with ``registry.get_sample_value``.
@@ -89,6 +89,12 @@ class Metrics:
             ("topic", "stage"),
         )
         self.events_mapped = counter("events_mapped", "Events made by mappings.", ("event",))
+        self.identifiers_dropped = counter(
+            "identifiers_dropped",
+            "Customer-information values left out of an event they could not be normalised "
+            "for (the event is sent without them), by event, field and reason.",
+            ("event", "field", "reason"),
+        )
         # Sink.
         self.events_sent = counter(
             "events_sent",
@@ -130,7 +136,9 @@ class Metrics:
         )
         self.sink_fatal = gauge(
             "sink_fatal",
-            "1 while delivery is halted by a token or permission error (40001, 40102-40105).",
+            "1 while delivery is halted by a token or permission error (40001, 40102-40105), "
+            "by tenant: the pixel names of tiktok.pixels, and default for the default token.",
+            ("pixel",),
             workers="livemax",
         )
         # Consumer and offsets.

@@ -1,7 +1,9 @@
 """The TikTok ``/event/track/`` request body, built from mapped events.
 
-One request carries events of one pixel and one test event code (TikTok keeps
-test traffic apart), so those two values form the batch key everywhere.
+One request names one event source (``event_source`` web, app, offline or crm, and
+its ``event_source_id``: a pixel code, an app id or an event set id) and one test
+event code (TikTok keeps test traffic apart), so those three values form the batch
+key everywhere.
 """
 
 from __future__ import annotations
@@ -18,19 +20,23 @@ MAX_EVENTS_PER_REQUEST = 1000
 class BatchKey(NamedTuple):
     """Events that may share a request."""
 
-    pixel_code: str
+    event_source: str
+    event_source_id: str
     test_event_code: str | None
 
 
 def batch_key(event: MappedEvent) -> BatchKey:
-    return BatchKey(event.pixel_code, event.test_event_code)
+    return BatchKey(event.event_source, event.event_source_id, event.test_event_code)
 
 
 def request_body(
     key: BatchKey, payloads: Iterable[dict[str, Any]], partner_name: str | None = None
 ) -> dict[str, Any]:
     """The JSON body for ``payloads`` (``data[]`` entries) of one batch key."""
-    body: dict[str, Any] = {"event_source": "web", "event_source_id": key.pixel_code}
+    body: dict[str, Any] = {
+        "event_source": key.event_source,
+        "event_source_id": key.event_source_id,
+    }
     if key.test_event_code is not None:
         body["test_event_code"] = key.test_event_code
     if partner_name is not None:

@@ -27,6 +27,8 @@ class PreviewLine:
     mappings: tuple[str, ...] = ()
     stage: str | None = None
     reason: str | None = None
+    #: (field, reason) of each value left out of the events of a mapped line.
+    dropped: tuple[tuple[str, str], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"line": self.line, "outcome": self.outcome}
@@ -38,6 +40,8 @@ class PreviewLine:
             out["stage"] = self.stage
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.dropped:
+            out["dropped"] = [{"field": f, "reason": r} for f, r in self.dropped]
         return out
 
 
@@ -85,7 +89,8 @@ def preview(
         for key, events in groups.items():
             body = request_body(key, (e.payload for e in events), partner_name)
             names = tuple(e.mapping for e in events)
-            yield PreviewLine(number, "mapped", body=body, mappings=names)
+            dropped = tuple(d for e in events for d in e.dropped)
+            yield PreviewLine(number, "mapped", body=body, mappings=names, dropped=dropped)
         for rejection in result.rejected:
             yield PreviewLine(
                 number,

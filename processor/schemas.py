@@ -10,7 +10,8 @@ value is masked so raw PII never reaches an error message or a dead letter.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -112,3 +113,89 @@ def tiktok_event_validator() -> Validator:
         "$ref": "#/definitions/event",
     }
     return compile_validator(event_schema, source=TIKTOK_REQUEST_SCHEMA + "#/definitions/event")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRules:
+    """What one ``event_source`` lets a ``data[]`` entry carry beyond ``definitions.event``.
+
+    Read from the request schema's ``definitions.<source>_event``, so the schema is the one
+    statement of TikTok's per-source rules: the configuration checks a mapping's targets
+    with it, and the sandbox a request's events.
+    """
+
+    source: str
+    #: Dotted fields the source never takes (``lead``, ``page``, ``user.ttp``).
+    forbidden: tuple[str, ...]
+    #: ``standard`` (standard event names only), ``custom`` (custom only) or ``any``.
+    event_names: str
+    #: For each forbidden field, the sources that do take it.
+    taken_by: Mapping[str, tuple[str, ...]]
+
+    def forbidden_field(self, path: str) -> str | None:
+        """The forbidden field ``path`` is or lies under (``page`` for ``page.url``), if any."""
+        parts = path.split(".")
+        for end in range(1, len(parts) + 1):
+            head = ".".join(parts[:end])
+            if head in self.forbidden:
+                return head
+        return None
+
+    def field_problem(self, path: str) -> str | None:
+        """Why an event of this source cannot carry ``path`` (dotted, no indices), or None."""
+        field = self.forbidden_field(path)
+        if field is None:
+            return None
+        takers = self.taken_by[field]
+        only = f"; TikTok takes it for {' and '.join(takers)} only" if takers else ""
+        return f"not allowed for event_source {self.source}{only}"
+
+    def event_problem(self, name: str) -> str | None:
+        """Why this source cannot send an event called ``name``, or None."""
+        standard = name in standard_events()
+        if self.event_names == "standard" and not standard:
+            return (
+                f"event_source {self.source} takes standard events only, "
+                "and this is a custom event name"
+            )
+        if self.event_names == "custom" and standard:
+            return (
+                f"event_source {self.source} takes custom events only, "
+                "and this is a standard event name"
+            )
+        return None
+
+
+@cache
+def standard_events() -> frozenset[str]:
+    """Every event name TikTok treats as standard (legacy and renamed ones included)."""
+    return frozenset(tiktok_request_schema()["definitions"]["standard_event"]["enum"])
+
+
+@cache
+def source_rules() -> Mapping[str, SourceRules]:
+    """The rules of each ``event_source`` TikTok knows, in the schema's order."""
+    schema = tiktok_request_schema()
+    sources: list[str] = schema["properties"]["event_source"]["enum"]
+    forbidden = {s: _false_fields(schema["definitions"][f"{s}_event"]) for s in sources}
+    rules: dict[str, SourceRules] = {}
+    for source in sources:
+        event = schema["definitions"][f"{source}_event"].get("properties", {}).get("event", {})
+        names = "standard" if "$ref" in event else "custom" if "not" in event else "any"
+        taken_by = {
+            field: tuple(s for s in sources if field not in forbidden[s])
+            for field in forbidden[source]
+        }
+        rules[source] = SourceRules(source, forbidden[source], names, taken_by)
+    return rules
+
+
+def _false_fields(node: Mapping[str, Any], prefix: str = "") -> tuple[str, ...]:
+    """The dotted names of the ``false`` subschemas below ``node``'s ``properties``."""
+    found: list[str] = []
+    for key, sub in node.get("properties", {}).items():
+        if sub is False:
+            found.append(prefix + key)
+        elif isinstance(sub, Mapping):
+            found += _false_fields(sub, f"{prefix}{key}.")
+    return tuple(found)

@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeAlias
 
-from processor.mapping.coerce import CoerceError, Coercer, to_text
+from processor.mapping.coerce import CoerceError, Coercer, PartialValue, to_text
 from processor.mapping.paths import Getter
 
-Fill = Callable[[dict[str, Any], dict[str, Any]], None]
-"""``fill(record, payload)`` adds the mapped sections to ``payload``."""
+Fill = Callable[[dict[str, Any], dict[str, Any], list[tuple[str, str]]], None]
+"""``fill(record, payload, dropped)`` adds the mapped sections to ``payload``, and to
+``dropped`` a (target, reason) pair for each droppable field whose value was left out."""
 
 Fail = Callable[[str, CoerceError], None]
 """Raises the rejection for a field label and its coercion error (never returns)."""
@@ -37,7 +38,10 @@ class FieldSpec(NamedTuple):
 
     ``sources`` are tried in order, the first present value wins (``{first: …}``);
     ``children`` makes the field one object built from them (``contents[0]``),
-    sent as a one-item list.
+    sent as a one-item list. ``target`` is the field's TikTok name (``user.phone``).
+    A ``droppable`` field whose value cannot be coerced is left out of the event and
+    reported in ``dropped``, instead of rejecting the event; a :class:`PartialValue`
+    keeps what it carries and reports the rest.
     """
 
     key: str
@@ -45,6 +49,31 @@ class FieldSpec(NamedTuple):
     sources: tuple[Source, ...]
     coerce: Coercer
     children: tuple[FieldSpec, ...] = ()
+    target: str = ""
+    droppable: bool = False
+
+
+def _on_error(
+    field: FieldSpec,
+    ref: str,
+    pad: str,
+    namespace: dict[str, Any],
+    *,
+    keep: str | None = None,
+    then: str | None = None,
+) -> list[str]:
+    """The ``except`` clauses after a field's ``try:`` at ``pad``: reject the event
+    (``fail``), or, for a droppable field, report the drop and go on; ``keep`` is where a
+    :class:`PartialValue`'s kept part goes, ``then`` a line run after a drop."""
+    if not field.droppable:
+        return [f"{pad}except CoerceError as e:", f"{pad}    fail(L{ref}, e)"]
+    namespace[f"T{ref}"] = field.target
+    out = []
+    if keep is not None:
+        out += [f"{pad}except PartialValue as e:", f"{pad}    {keep} = e.kept"]
+        out += [f"{pad}    dropped.append((T{ref}, _str(e)))"]
+    out += [f"{pad}except CoerceError as e:", f"{pad}    dropped.append((T{ref}, _str(e)))"]
+    return out + ([then] if then else [])
 
 
 def generate_fill(
@@ -53,6 +82,7 @@ def generate_fill(
     """Compile ``sections`` into one function; see the module docstring."""
     namespace: dict[str, Any] = {
         "CoerceError": CoerceError,
+        "PartialValue": PartialValue,
         "_EMPTY": _EMPTY,
         "_dict": dict,
         "_str": str,
@@ -85,7 +115,7 @@ def generate_fill(
                 # A template raises CoerceError for a number it cannot write exactly.
                 namespace[f"G{ref}_{i}"] = src
                 out += [f"{pad}try:", f"{pad}    v = G{ref}_{i}(r)"]
-                out += [f"{pad}except CoerceError as e:", f"{pad}    fail(L{ref}, e)"]
+                out += _on_error(field, ref, pad, namespace, then=f"{pad}    v = None")
         return out
 
     def assign(field: FieldSpec, ref: str, target: str, indent: str) -> list[str]:
@@ -100,7 +130,7 @@ def generate_fill(
         else:
             out.append(f'{indent}if v is not None and v != "":')
         out += [f"{indent}    try:", f"{indent}        {target}[{key}] = C{ref}(v)"]
-        out += [f"{indent}    except CoerceError as e:", f"{indent}        fail(L{ref}, e)"]
+        out += _on_error(field, ref, indent + "    ", namespace, keep=f"{target}[{key}]")
         return out
 
     body: list[str] = []
@@ -117,7 +147,7 @@ def generate_fill(
             body += ["    if c:", f"        s[{field.key!r}] = [c]"]
         body.append("    if s:")
         body.append(f"        p[{section!r}] = s")
-    source = "\n".join([f"def {name}(r, p):", *lines, *body, "    return None", ""])
+    source = "\n".join([f"def {name}(r, p, dropped):", *lines, *body, "    return None", ""])
     exec(compile(source, f"<mapping {name}>", "exec"), namespace)  # noqa: S102 - see docstring
     fill: Fill = namespace[name]
     return fill

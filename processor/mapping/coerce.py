@@ -4,9 +4,10 @@ Users name *where* a value goes; the target decides *what* it must become, so a
 mapping never has to spell out conversions: ``event_time`` becomes Unix seconds
 from ISO-8601 or epoch ms/s, ids become strings (TikTok answers 40002 "not a
 valid string" for numeric ids), money becomes a non-negative number, currency is
-upper-cased and checked against ISO 4217, and email/phone/external_id are
-normalised and SHA-256 hashed. A coercer raises :class:`CoerceError` whose
-message never contains the value.
+upper-cased and checked against ISO 4217, email, phone, external_id, first and last
+name and zip code are normalised and SHA-256 hashed, and city, state, country and the
+click ids are normalised (:mod:`processor.pii` has every rule). A coercer raises
+:class:`CoerceError` whose message never contains the value.
 
 Numbers that became text must keep every digit: orjson returns integers from
 -2**63 to 2**64-1 as exact ``int``, but larger ones (and anything written with a
@@ -41,6 +42,33 @@ EXACT_FLOAT_LIMIT: Final = 2**53
 
 class CoerceError(ValueError):
     """A value that cannot become what its target needs. Never carries the value."""
+
+
+#: Why a customer-information value was left out of an event (the ``reason`` label of
+#: ``identifiers_dropped_total``); the full reason goes to the preview and the logs.
+DROP_REASONS: Final = ("empty", "too_long", "wrong_type", "partial_list", "invalid")
+
+
+def drop_reason(message: str) -> str:
+    """The :data:`DROP_REASONS` label of a coercion error's message."""
+    if "values left out" in message:
+        return "partial_list"
+    if message.startswith("empty") or " empty" in message:
+        return "empty"
+    if "too long" in message or "too large" in message:
+        return "too_long"
+    if "expected " in message:
+        return "wrong_type"
+    return "invalid"
+
+
+class PartialValue(CoerceError):
+    """Part of a value could not be coerced: ``kept`` is what could (a list's valid
+    members), the message says what was left out. A droppable field sends ``kept``."""
+
+    def __init__(self, kept: Any, message: str) -> None:
+        super().__init__(message)
+        self.kept = kept
 
 
 def _kind(value: Any) -> str:
@@ -186,19 +214,43 @@ def _iso_seconds(text: str) -> float:
 
 
 def _hashed(hash_one: Callable[[str], str]) -> Coercer:
+    """Text (or an integer) hashed; a list keeps its members that hash and raises
+    :class:`PartialValue` naming the others (:class:`CoerceError` when none does)."""
+
     def coerce(value: Any) -> str | list[str]:
-        try:
-            if isinstance(value, str):
+        if isinstance(value, str):
+            try:
                 return hash_one(value)
-            if value.__class__ is int:
+            except pii.PiiError as exc:
+                raise CoerceError(str(exc)) from None
+        if value.__class__ is int:
+            try:
                 return hash_one(str(value))
-            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-                return [hash_one(v) for v in value]
-        except pii.PiiError as exc:
-            raise CoerceError(str(exc)) from None
+            except pii.PiiError as exc:
+                raise CoerceError(str(exc)) from None
+        if isinstance(value, list) and value:
+            return _hashed_list(hash_one, value)
         raise CoerceError(f"expected text or a list of text, got {_kind(value)}")
 
     return coerce
+
+
+def _hashed_list(hash_one: Callable[[str], str], values: list[Any]) -> list[str]:
+    kept: list[str] = []
+    reasons: list[str] = []
+    for item in values:
+        try:
+            if not isinstance(item, str):
+                raise CoerceError(f"expected text, got {_kind(item)}")
+            kept.append(hash_one(item))
+        except (pii.PiiError, CoerceError) as exc:
+            reasons.append(str(exc))
+    if not reasons:
+        return kept
+    first = reasons[0]
+    if not kept:
+        raise CoerceError(first if len(values) == 1 else f"no valid value in the list: {first}")
+    raise PartialValue(kept, f"{len(reasons)} of {len(values)} values left out: {first}")
 
 
 def to_id_list(value: Any) -> list[str]:
@@ -208,12 +260,29 @@ def to_id_list(value: Any) -> list[str]:
 
 
 def pii_coercers(default_phone_region: str | None) -> dict[str, Coercer]:
-    """Coercers of the three hashed user fields."""
+    """Coercers of the hashed user fields (:data:`HASHED_USER_FIELDS`)."""
     return {
         "email": _hashed(pii.hash_email),
         "phone": _hashed(lambda v: pii.hash_phone(v, default_phone_region)),
         "external_id": _hashed(pii.hash_external_id),
+        "first_name": _hashed(pii.hash_first_name),
+        "last_name": _hashed(pii.hash_last_name),
+        "zip_code": _hashed(pii.hash_zip_code),
     }
+
+
+def _normalised(normalise: Callable[[str], str]) -> Coercer:
+    """Text normalised by a :mod:`processor.pii` rule and sent as it is, not hashed."""
+
+    def coerce(value: Any) -> str:
+        if not isinstance(value, str):
+            raise CoerceError(f"expected text, got {_kind(value)}")
+        try:
+            return normalise(value)
+        except pii.PiiError as exc:
+            raise CoerceError(str(exc)) from None
+
+    return coerce
 
 
 #: Coercer of every mappable field below ``user``/``page``/``properties``/``lead``,
@@ -223,9 +292,17 @@ SECTION_FIELDS: Final[dict[str, dict[str, Coercer]]] = {
     "user": {
         "ip": to_ip,
         "user_agent": to_text,
-        "ttclid": to_text,
-        "ttp": to_text,
+        "ttclid": _normalised(pii.normalize_click_id),
+        "ttp": _normalised(pii.normalize_click_id),
         "locale": to_text,
+        "city": _normalised(pii.normalize_city),
+        "state": _normalised(pii.normalize_state),
+        "country": _normalised(pii.normalize_country),
+        # App events only (event_source app); sent as given, never hashed.
+        "idfa": to_text,
+        "idfv": to_text,
+        "gaid": to_text,
+        "att_status": to_text,
     },
     "page": {"url": to_text, "referrer": to_text},
     "properties": {
@@ -252,4 +329,4 @@ CONTENT_FIELDS: Final[dict[str, Coercer]] = {
     "brand": to_text,
 }
 
-HASHED_USER_FIELDS: Final = ("email", "phone", "external_id")
+HASHED_USER_FIELDS: Final = ("email", "phone", "external_id", "first_name", "last_name", "zip_code")

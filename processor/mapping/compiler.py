@@ -54,15 +54,21 @@ _CONTENTS: Final = "properties.contents"
 class MappedEvent(NamedTuple):
     """One TikTok event made from one record by one mapping, ready to batch.
 
-    ``payload`` is the ``data[]`` entry; ``pixel_code`` and ``test_event_code``
-    choose the request it may share with other events. (A tuple: built once per
-    event on the hot path, where a frozen dataclass costs four times as much.)
+    ``payload`` is the ``data[]`` entry; ``event_source`` (web, app, offline, crm),
+    ``event_source_id`` (its pixel code, app id or event set id) and
+    ``test_event_code`` choose the request it may share with other events. (A tuple:
+    built once per event on the hot path, where a frozen dataclass costs four times
+    as much.)
     """
 
     mapping: str
-    pixel_code: str
+    event_source: str
+    event_source_id: str
     test_event_code: str | None
     payload: dict[str, Any]
+    #: (field, reason) of each customer-information value left out (see
+    #: ``on_invalid_identifier``).
+    dropped: tuple[tuple[str, str], ...] = ()
 
     @property
     def event(self) -> str:
@@ -89,10 +95,11 @@ class CompiledMapping:
         "_fill",
         "_limited_data_use",
         "event_name",
+        "event_source",
+        "event_source_id",
         "hashed_fields",
         "matches",
         "name",
-        "pixel_code",
         "source",
         "test_event_code",
         "topic",
@@ -102,7 +109,8 @@ class CompiledMapping:
         self,
         *,
         source: MappingConfig,
-        pixel_code: str,
+        event_source: str,
+        event_source_id: str,
         test_event_code: str | None,
         matches: Predicate,
         event_time: _TimeField,
@@ -114,7 +122,8 @@ class CompiledMapping:
         self.name = source.name
         self.topic = source.topic
         self.event_name = source.event
-        self.pixel_code = pixel_code
+        self.event_source = event_source
+        self.event_source_id = event_source_id
         self.test_event_code = test_event_code
         self.matches = matches
         self._event_time = event_time
@@ -160,13 +169,21 @@ class CompiledMapping:
             "event_time": event_time,
             "event_id": event_id,
         }
+        dropped: list[tuple[str, str]] = []
         try:
-            self._fill(record, payload)
+            self._fill(record, payload, dropped)
         except _ContentsError as exc:
             raise self._reject(exc.label, exc.message) from None
         if self._limited_data_use is not None:
             payload["limited_data_use"] = self._limited_data_use
-        return MappedEvent(self.name, self.pixel_code, self.test_event_code, payload)
+        return MappedEvent(
+            self.name,
+            self.event_source,
+            self.event_source_id,
+            self.test_event_code,
+            payload,
+            tuple(dropped),
+        )
 
 
 def _identifier(name: str) -> str:
@@ -220,7 +237,13 @@ def _content_builder(
     return build
 
 
-def _each_contents(spec: Mapping[str, Any], where: str, problems: list[str]) -> FieldSpec | None:
+def _kind(value: Any) -> str:
+    return {dict: "an object", str: "text", bool: "a boolean"}.get(type(value), "a number")
+
+
+def _each_contents(
+    spec: Mapping[str, Any], where: str, problems: list[str], *, droppable: bool
+) -> FieldSpec | None:
     try:
         items_of = compile_path(spec["each"])
     except PathError as exc:
@@ -232,20 +255,27 @@ def _each_contents(spec: Mapping[str, Any], where: str, problems: list[str]) -> 
 
     def contents(record: Any) -> list[dict[str, Any]] | None:
         items = items_of(record)
-        if not isinstance(items, list):
+        if items is None:
             return None
+        if not isinstance(items, list):
+            # An object or a string where line items belong: say so, never go silent.
+            raise CoerceError(f"{spec['each']}: expected a list of line items, got {_kind(items)}")
         built = [build(item) for item in items]
         return [b for b in built if b is not None] or None
 
     label = f"{_CONTENTS} (from each of {spec['each']})"
-    return FieldSpec("contents", label, (contents,), _identity)
+    return FieldSpec(
+        "contents", label, (contents,), _identity, target=_CONTENTS, droppable=droppable
+    )
 
 
 def _identity(value: Any) -> Any:
     return value
 
 
-def _event_name_warning(where: str, event: str) -> str | None:
+def _event_name_warning(where: str, event: str, source: str = "web") -> str | None:
+    if source == "crm":
+        return None  # a CRM event set takes custom event names (its funnel's stages)
     if event in RENAMED_EVENTS:
         return (
             f"{where}.event: {event} was renamed {RENAMED_EVENTS[event]}; "
@@ -295,17 +325,18 @@ def _compile_fields(
     m: MappingConfig, where: str, hashed: Mapping[str, Coercer], problems: list[str]
 ) -> _FieldPlan:
     plan = _FieldPlan({s: [] for s in _SECTIONS}, limited_data_use=m.limited_data_use)
+    drop = m.on_invalid_identifier == "drop"
     single_content: dict[str, Any] = {}
     for target, spec in m.fields.items():
         fwhere = f"{where}.fields.{target}"
         if target.startswith(f"{_CONTENTS}[0]."):
             single_content[target[len(_CONTENTS) + 4 :]] = spec
         elif target == _CONTENTS:
-            _add_each_contents(plan, spec, fwhere, problems)
+            _add_each_contents(plan, spec, fwhere, problems, droppable=drop)
         elif target == "limited_data_use":
             _set_limited_data_use(plan, spec, fwhere, problems)
         else:
-            _add_field(plan, target, spec, fwhere, hashed=hashed, problems=problems)
+            _add_field(plan, target, spec, fwhere, hashed=hashed, drop=drop, problems=problems)
     if single_content:
         if any(f.key == "contents" for f in plan.sections["properties"]):
             problems.append(f"{where}.fields: {_CONTENTS} is given twice")
@@ -318,14 +349,16 @@ def _compile_fields(
     return plan
 
 
-def _add_each_contents(plan: _FieldPlan, spec: Any, where: str, problems: list[str]) -> None:
+def _add_each_contents(
+    plan: _FieldPlan, spec: Any, where: str, problems: list[str], *, droppable: bool
+) -> None:
     if not (isinstance(spec, Mapping) and "each" in spec and "fields" in spec):
         problems.append(
             f"{where}: use {{each: PATH, fields: {{…}}}} for line items, "
             f"or {_CONTENTS}[0].content_id etc. for one product"
         )
         return
-    field = _each_contents(spec, where, problems)
+    field = _each_contents(spec, where, problems, droppable=droppable)
     if field is not None:
         plan.sections["properties"].append(field)
 
@@ -347,8 +380,11 @@ def _add_field(
     where: str,
     *,
     hashed: Mapping[str, Coercer],
+    drop: bool,
     problems: list[str],
 ) -> None:
+    """``drop``: a customer-information (``user.*``) value that cannot be coerced is left
+    out of the event and reported, not a rejection of the event."""
     if isinstance(spec, Mapping) and "each" in spec:
         problems.append(f"{where}: each is only for {_CONTENTS}")
         return
@@ -367,7 +403,11 @@ def _add_field(
         return
     get = compile_value(spec, where, problems)
     if get is not None:
-        plan.sections[section].append(FieldSpec(key, label, _sources(spec, get), coerce))
+        droppable = drop and section == "user"
+        field = FieldSpec(
+            key, label, _sources(spec, get), coerce, target=target, droppable=droppable
+        )
+        plan.sections[section].append(field)
 
 
 def _sources(spec: Any, get: Getter) -> tuple[Source, ...]:
@@ -411,7 +451,7 @@ def _compile_one(
 ) -> CompiledMapping | None:
     where = f"mappings[{index}]"
     before = len(problems)
-    warning = _event_name_warning(where, m.event)
+    warning = _event_name_warning(where, m.event, m.event_source)
     if warning is not None:
         warnings.append(warning)
     matches: Predicate | None = _every_record
@@ -433,7 +473,9 @@ def _compile_one(
         return None
     return CompiledMapping(
         source=m,
-        pixel_code=m.pixel_code or config.tiktok.pixel_code,
+        # Only a web mapping may leave its id out: tiktok.pixel_code is the default pixel.
+        event_source=m.event_source,
+        event_source_id=m.event_source_id or config.tiktok.pixel_code,
         test_event_code=m.test_event_code or config.tiktok.test_event_code,
         matches=matches,
         event_time=plan.event_time,

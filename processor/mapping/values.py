@@ -6,7 +6,8 @@ A value is one of::
     {path: PATH, default: V}               a field, or V when it is missing
     {const: V}                             a constant
     {first: [VALUE, …]}                    the first that is present and not empty
-    {from_url: VALUE, param: NAME}         a query parameter of a URL (ttclid from the landing URL)
+    {from_url: VALUE, param: NAME}         a parameter of a URL's query, else of its fragment
+                                           (ttclid from the landing URL)
     {template: "text {PATH} text"}         text with fields filled in; missing if any field is
     {lookup: VALUE, table: {K: V}, default: V}   a value translated through a table
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from processor.mapping.coerce import CoerceError, exact_float_text
 from processor.mapping.paths import Getter, PathError, compile_path
@@ -35,17 +36,25 @@ def is_present(value: Any) -> bool:
     return value is not None and value != ""
 
 
-def _query_param(url: Any, param: str, needle: str) -> Any:
-    if not isinstance(url, str):
+def url_param(url: Any, name: str) -> str | None:
+    """The ``name`` parameter of a URL, trimmed, or None when there is none.
+
+    The query is searched first, then the fragment, because a parameter appended to a
+    landing URL that has a fragment lands in it: ``https://x/p#ttclid=ABC``,
+    ``https://x/p?a=1#b=2&ttclid=ABC``, and for hash routes ``https://x/#/p?ttclid=ABC``
+    (so ``?`` separates parameters as ``&`` does). Never raises: a URL that cannot be
+    parsed (or is not text) has no parameters.
+    """
+    if not isinstance(url, str) or f"{name}=" not in url:
         return None
-    start = url.find("?")
-    if start < 0 or needle not in url:
+    try:
+        parts = urlsplit(url)
+        for section in (parts.query, parts.fragment):
+            for key, value in parse_qsl(section.replace("?", "&")):
+                if key == name and value.strip():
+                    return value.strip()
+    except ValueError:  # e.g. an unclosed IPv6 bracket: "https://[::1/p?ttclid=A"
         return None
-    end = url.find("#", start)
-    query = url[start + 1 : end if end >= 0 else len(url)]
-    for key, value in parse_qsl(query, keep_blank_values=False):
-        if key == param:
-            return value
     return None
 
 
@@ -171,8 +180,7 @@ def _from_url(spec: Mapping[str, Any], where: str, problems: list[str]) -> Gette
         return None
     if url_of is None:
         return None
-    needle = param + "="
-    return lambda record: _query_param(url_of(record), param, needle)
+    return lambda record: url_param(url_of(record), param)
 
 
 def _lookup(spec: Mapping[str, Any], where: str, problems: list[str]) -> Getter | None:

@@ -521,7 +521,8 @@ class Sandbox:
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
         """Stored events matching every filter given (latest ``limit``, oldest first),
-        each ``{"seq", "pixel", "test_event_code", "request_id", "received_at", "event"}``."""
+        each ``{"seq", "event_source", "pixel", "test_event_code", "request_id",
+        "received_at", "event"}`` (``pixel`` is the request's ``event_source_id``)."""
         if scope not in _SCOPES:
             raise ValueError(f"scope must be one of {sorted(_SCOPES)}")
         found = self.state.events(

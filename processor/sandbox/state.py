@@ -7,7 +7,8 @@ judged::
     injected fault (drop, HTTP status, TikTok code) → rate limit (40100)
     → token: empty 40104, unknown 40105, expired 40102 (and the token fault)
     → Content-Type / Content-Encoding / JSON object (40000) → pixel permission (40001)
-    → batch size (40061) → hashed PII (40062) → schema (40002) → store, dedup → 0
+    → batch size (40061) → hashed PII (40062) → event source's rules (40002)
+    → schema (40002) → store, dedup → 0
 
 Decoding and schema validation run outside the lock so concurrent clients only queue
 for the bookkeeping. The server turns a :class:`Reply` into bytes on a socket.
@@ -216,9 +217,11 @@ class SandboxState:
             return self._api(rejection.code, request_id, rejection.message)
         if not isinstance(pixel, str) or not isinstance(data, list):  # the schema rules it out
             return self._api(Code.PARAM_ERROR, request_id)
+        source = body.get("event_source")
         with self._cond:
             self._store.add(
                 data,
+                event_source=source if isinstance(source, str) else "web",
                 pixel=pixel,
                 test_event_code=test_code,
                 request_id=request_id,

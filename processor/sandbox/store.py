@@ -43,13 +43,14 @@ def bump(counter: Counter[str], key: str, n: int = 1) -> None:
 
 
 #: A stored event as kept: the fields of :class:`StoredEvent`, in order.
-_Document = tuple[int, str, str, str | None, str | None, str, float, bytes]
+_Document = tuple[int, str, str, str | None, str | None, str, float, bytes, str]
 
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """One accepted event as the sandbox received it (the document kept as JSON bytes,
-    about a third of the memory of the decoded dict)."""
+    about a third of the memory of the decoded dict). ``pixel`` is the request's
+    ``event_source_id``, whatever its ``event_source``."""
 
     seq: int
     pixel: str
@@ -59,10 +60,12 @@ class StoredEvent:
     request_id: str
     received_at: float
     document: bytes
+    event_source: str = "web"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
+            "event_source": self.event_source,
             "pixel": self.pixel,
             "test_event_code": self.test_event_code,
             "request_id": self.request_id,
@@ -74,7 +77,16 @@ class StoredEvent:
 class EventCounts:
     """Exact counts for one traffic kind (live, or test)."""
 
-    __slots__ = ("accepted", "by_event", "by_pixel", "duplicates", "future", "old", "received")
+    __slots__ = (
+        "accepted",
+        "by_event",
+        "by_pixel",
+        "by_source",
+        "duplicates",
+        "future",
+        "old",
+        "received",
+    )
 
     def __init__(self) -> None:
         self.received = 0
@@ -84,6 +96,7 @@ class EventCounts:
         self.future = 0
         self.by_event: Counter[str] = Counter()
         self.by_pixel: Counter[str] = Counter()
+        self.by_source: Counter[str] = Counter()
 
     @property
     def rejected(self) -> int:
@@ -99,6 +112,7 @@ class EventCounts:
             "future": self.future,
             "by_event": dict(self.by_event),
             "by_pixel": dict(self.by_pixel),
+            "by_source": dict(self.by_source),
         }
 
 
@@ -136,8 +150,10 @@ class EventStore:
         test_event_code: str | None,
         request_id: str,
         now: float,
+        event_source: str = "web",
     ) -> tuple[int, int]:
-        """Store a validated request's events. Returns (accepted, duplicates)."""
+        """Store a validated request's events. Returns (accepted, duplicates).
+        ``pixel`` is the request's ``event_source_id``."""
         # The per-event loop is the sandbox's hot path (1000 events a request): locals, plain
         # tuples for documents (a frozen dataclass costs ~1 µs more each), no calls per event
         # beyond hashing and serialising.
@@ -164,7 +180,19 @@ class EventStore:
                 order.append((now, key))
             accepted += 1
             seq += 1
-            append((seq, pixel, name, event_id, test_event_code, request_id, now, dumps(event)))
+            append(
+                (
+                    seq,
+                    pixel,
+                    name,
+                    event_id,
+                    test_event_code,
+                    request_id,
+                    now,
+                    dumps(event),
+                    event_source,
+                )
+            )
             if name in by_event:
                 by_event[name] += 1
             else:
@@ -181,6 +209,7 @@ class EventStore:
         counts.future += future
         if accepted:
             bump(counts.by_pixel, pixel, accepted)
+            bump(counts.by_source, event_source, accepted)
         if test_event_code is not None:
             self._count_test_code(test_event_code, accepted, duplicates)
         return accepted, duplicates

@@ -1,10 +1,14 @@
 """How the sandbox judges a decoded track request body, in TikTok's order of checks.
 
 Owns the body checks that come after the token and pixel: batch size (40061), hashed
-PII (40062) and the request schema (40002). Pure functions: no I/O, no clock. The
-checks run in this order so the most specific code wins, as TikTok's does: the batch
-size is read before any event is looked at, and unhashed PII is reported as 40062 even
-though the schema would also reject it as 40002. One bad event rejects the request.
+PII (40062), the event source's rules (40002) and the request schema (40002). Pure
+functions: no I/O, no clock. The checks run in this order so the most specific code
+wins, as TikTok's does: the batch size is read before any event is looked at, and
+unhashed PII is reported as 40062 even though the schema would also reject it as 40002.
+The source's rules (``lead`` only for crm, ``page`` and ``user.ttp`` only for web, the
+app device ids only for app, standard names only offline, custom ones only for crm)
+are in the schema too; checked first, they are answered in words rather than as the
+schema's "False schema does not allow". One bad event rejects the request.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 from processor.errors import SchemaViolation
 from processor.sandbox.protocol import MAX_BATCH_EVENTS, Code
-from processor.schemas import MASK, Validator
+from processor.schemas import MASK, Validator, source_rules
 
 #: User fields TikTok wants as SHA-256 of the normalised value.
 HASHED_USER_FIELDS = ("email", "phone", "external_id")
@@ -67,6 +71,39 @@ def find_unhashed(data: Any) -> str | None:
     return None
 
 
+def check_source(body: dict[str, Any]) -> Rejection | None:
+    """40002 for the first event carrying a field, or a name, its ``event_source`` does
+    not take. A source or events of the wrong shape are left to the schema."""
+    source, data = body.get("event_source"), body.get("data")
+    rules = source_rules().get(source) if isinstance(source, str) else None
+    if rules is None or not isinstance(data, list):
+        return None
+    for index, event in enumerate(data):
+        if not isinstance(event, dict):
+            continue
+        name = event.get("event")
+        problem = rules.event_problem(name) if isinstance(name, str) else None
+        if problem is not None:
+            return Rejection(Code.PARAM_ERROR, f"Invalid value for data[{index}].event: {problem}")
+        for field in rules.forbidden:
+            if _carries(event, field):
+                return Rejection(
+                    Code.PARAM_ERROR,
+                    f"Invalid value for data[{index}].{field}: {rules.field_problem(field)}",
+                )
+    return None
+
+
+def _carries(event: dict[str, Any], field: str) -> bool:
+    """Whether ``event`` has the dotted ``field`` (``user.ttp``), whatever its value."""
+    node: Any = event
+    for part in field.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def schema_message(violation: SchemaViolation) -> str:
     """TikTok's wording (``Invalid value for data[3].event_id: …``) for a schema violation.
 
@@ -91,6 +128,9 @@ def check_body(body: dict[str, Any], validator: Validator) -> Rejection | None:
             f"PII not hashed: {unhashed} must be the SHA-256 of the normalised value "
             "(64 lowercase hex characters)",
         )
+    rejection = check_source(body)
+    if rejection:
+        return rejection
     try:
         validator(body)
     except SchemaViolation as violation:

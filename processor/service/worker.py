@@ -27,7 +27,7 @@ from processor.logs import configure as configure_logging
 from processor.loop import Identify, Processor
 from processor.metrics import Health, Metrics, MetricsServer, Registry, Snapshot, snapshot
 from processor.service.board import Heartbeat, WorkerBoard
-from processor.sink import Sender
+from processor.sink import TenantRouter
 from processor.transform import Transformer, load_pipeline
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,12 @@ def build_member(
     replay: bool = False,
     identify: Identify | None = None,
 ) -> Member:
-    """The member's loop over a real Kafka consumer and the TikTok sender.
+    """The member's loop over a real Kafka consumer and the TikTok sender (a sender per
+    token: the default one and each of ``tiktok.pixels``).
 
     ``replay`` (``replay-dlq``): no dead letters are written, and the consumer reports
     each partition's end."""
-    sender = Sender(config.tiktok, config.delivery, metrics)
+    sender = TenantRouter(config.tiktok, config.delivery, metrics)
     producer = None
     dead_letters = None
     if config.kafka.dead_letter_topic and not replay:

@@ -49,21 +49,21 @@ from dataclasses import dataclass
 import httpx
 
 from processor.batching import Batch, PendingEvent
-from processor.config import DeliveryConfig, Secret, TikTokConfig
-from processor.errors import ConfigError
+from processor.config import DEFAULT_TENANT, AccessToken, DeliveryConfig, Secret, TikTokConfig
 from processor.metrics import Metrics
 from processor.payload import BatchKey
 from processor.redact import redact, shorten
 from processor.sink.classify import Classification, RetryReason, Verdict, renumber_events
-from processor.sink.client import TikTokClient, is_sendable
-from processor.sink.pacing import RateLimiter, backoff_delay
+from processor.sink.client import is_sendable
+from processor.sink.pacing import backoff_delay
+from processor.sink.runtime import SHUTDOWN_TIMEOUT_S, SinkRuntime, check_delivery
 
 log = logging.getLogger("processor.sink")
 
 Sleep = Callable[[float], Awaitable[None]]
 
-#: How long close() waits for the loop to cancel its tasks and close connections.
-_SHUTDOWN_TIMEOUT_S = 10.0
+#: How long close() waits for the loop to cancel its tasks.
+_SHUTDOWN_TIMEOUT_S = SHUTDOWN_TIMEOUT_S
 #: Longest part of a rejection reason repeated in the log.
 _LOGGED_REASON = 80
 
@@ -120,7 +120,7 @@ class _Tally:
 
 
 class Sender:
-    """Sends batches to TikTok on its own thread; see the package docstring.
+    """Sends batches to TikTok on its runtime's thread; see the package docstring.
 
     Seams for tests: ``transport`` (an ``httpx.AsyncBaseTransport``, e.g.
     ``httpx.MockTransport``), ``rng`` (backoff jitter), ``clock`` (the rate limiter's)
@@ -128,6 +128,13 @@ class Sender:
     ``rate_burst``: requests the rate limiter lets start at once (1: evenly spaced).
     ``on_completion`` is called on the loop thread after each outcome is queued; it
     must be thread-safe and quick (e.g. set an event the poll loop waits on).
+
+    One tenant of several (see :mod:`processor.sink.tenants`): ``runtime`` is the loop,
+    client and limits it shares with the others (then ``transport``, ``clock`` and
+    ``rate_burst`` are the runtime's, and closing this sender leaves the runtime
+    running); ``access_token`` is its token (default: ``tiktok.access_token``);
+    ``tenant`` is its ``pixel`` label on ``sink_fatal``, and ``who`` names it in log
+    lines ("pixel shop-eu"; None: the only sender, whose lines name nobody).
     """
 
     def __init__(
@@ -143,12 +150,18 @@ class Sender:
         token_check_interval_s: float = 2.0,
         rate_burst: int = 1,
         on_completion: Callable[[], None] | None = None,
+        runtime: SinkRuntime | None = None,
+        access_token: AccessToken | None = None,
+        tenant: str = DEFAULT_TENANT,
+        who: str | None = None,
     ) -> None:
-        _check_delivery(delivery)
+        check_delivery(delivery)
         if not token_check_interval_s > 0:
             raise ValueError("token_check_interval_s must be above 0")
-        self._access_token = tiktok.access_token
+        self._access_token = tiktok.access_token if access_token is None else access_token
         self._metrics = metrics
+        self._fatal = metrics.sink_fatal.labels(tenant)
+        self._for = "" if who is None else f" for {who}"
         self._max_retries = delivery.max_retries
         self._backoff_initial_s = delivery.backoff_initial_ms / 1000
         self._backoff_max_s = delivery.backoff_max_ms / 1000
@@ -157,18 +170,17 @@ class Sender:
         self._rng = rng if rng is not None else random.Random()  # noqa: S311
         self._sleep = sleep
         self._on_completion = on_completion
-        self._client = TikTokClient(
-            tiktok,
-            metrics,
-            timeout_s=delivery.request_timeout_s,
-            max_connections=delivery.max_in_flight,
-            transport=transport,
-        )
-        # asyncio primitives bind to the loop that first uses them: the sender's.
-        self._slots = asyncio.Semaphore(delivery.max_in_flight)
-        self._limiter = RateLimiter(
-            delivery.max_requests_per_s, burst=rate_burst, clock=clock, sleep=sleep
-        )
+        self._owns_runtime = runtime is None
+        if runtime is None:
+            runtime = SinkRuntime(
+                tiktok, delivery, metrics, transport=transport, clock=clock, sleep=sleep,
+                rate_burst=rate_burst,
+            )  # fmt: skip
+        self._runtime = runtime
+        self._client = runtime.client
+        self._slots = runtime.slots
+        self._limiter = runtime.limiter
+        # asyncio primitives bind to the loop that first uses them: the runtime's.
         self._resumed = asyncio.Event()  # the gate: set while requests may go out
         # One request at a time tries a new token (see _attempt).
         self._trial_lock = asyncio.Lock()
@@ -184,7 +196,6 @@ class Sender:
 
         # Loop thread only.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._token: Secret | None = None
@@ -197,18 +208,14 @@ class Sender:
     # -- the poll thread's API ---------------------------------------------------------
 
     def start(self) -> None:
-        """Start the loop thread and load the token (once). With no usable token the
-        sender starts halted and waits for one."""
+        """Start the loop thread (unless the shared runtime runs already) and load the
+        token (once). With no usable token the sender starts halted and waits for one."""
         with self._lock:
             if self._state != "new":
                 raise RuntimeError(f"the sender is {self._state}; it starts once")
             self._state = "running"
-        loop = asyncio.new_event_loop()
+        loop = self._runtime.start()
         self._loop = loop
-        self._thread = threading.Thread(
-            target=_run_loop, args=(loop,), name="tiktok-sender", daemon=True
-        )
-        self._thread.start()
         asyncio.run_coroutine_threadsafe(self._load_first_token(), loop).result()
 
     def submit(self, batch: Batch) -> None:
@@ -248,6 +255,12 @@ class Sender:
         with self._lock:
             return self._broken or self._halted
 
+    @property
+    def partly_halted(self) -> str | None:
+        """Always None: one sender is halted whole or not at all (the router of several
+        tenants says which of them are halted while the others deliver)."""
+        return None
+
     def close(self, timeout: float) -> None:
         """Stop accepting batches, wait up to ``timeout`` seconds for those in flight,
         then cancel the rest and stop the loop thread. A cancelled batch is never
@@ -275,8 +288,8 @@ class Sender:
                 self._completions_ready.wait(left)
 
     def _stop_loop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        loop = self._loop
+        if loop is None:
             return
         shutdown = asyncio.run_coroutine_threadsafe(self._cancel_everything(), loop)
         try:
@@ -286,12 +299,13 @@ class Sender:
             cancelled = -1
         if cancelled:
             log.warning(
-                "sender closed with %s batches unfinished: cancelled, not reported, "
+                "sender%s closed with %s batches unfinished: cancelled, not reported, "
                 "so their records stay uncommitted",
+                self._for,
                 cancelled if cancelled > 0 else "some",
             )
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(_SHUTDOWN_TIMEOUT_S)
+        if self._owns_runtime:
+            self._runtime.stop()
 
     # -- the loop thread ---------------------------------------------------------------
 
@@ -302,7 +316,6 @@ class Sender:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._client.aclose()
         return len(batches)
 
     def _launch(self, batch: Batch) -> None:
@@ -324,7 +337,7 @@ class Sender:
             log.error("sender: internal error delivering a batch", exc_info=error)
             with self._lock:
                 self._broken = f"internal error in the sink ({type(error).__name__}); restart"
-            self._metrics.sink_fatal.set(1)
+            self._fatal.set(1)
 
     async def _deliver(self, batch: Batch) -> None:
         tally = _Tally(batch.items)
@@ -376,7 +389,8 @@ class Sender:
             if self._sending == 0 and self._trial is not None and not self._stopping:
                 # The requests trying the new token all gave up on retries (network, 5xx)
                 # without TikTok refusing it: nothing is left to prove it, and the poll
-                # loop hands no batches over while halted, so waiting would wait forever.
+                # loop need not hand another batch over (a lone sender gets none while
+                # halted), so waiting could wait forever. A refusal halts again.
                 self._resume("no request is left to try the new access token on")
 
     async def _retried(
@@ -453,7 +467,7 @@ class Sender:
         else:
             self._token = token
             self._resumed.set()
-            self._metrics.sink_fatal.set(0)
+            self._fatal.set(0)
 
     def _halt(self, reason: str, token: Secret) -> None:
         if token is not self._token or not self._resumed.is_set():
@@ -464,7 +478,7 @@ class Sender:
             self._trial = None
             self._resumed.clear()
             self._set_halted(reason)
-            log.error("still halted: the new token was refused too: %s", reason)
+            log.error("still halted%s: the new token was refused too: %s", self._for, reason)
             self._watch(token)
             return
         self._enter_halt(reason, token)
@@ -473,7 +487,8 @@ class Sender:
         self._resumed.clear()
         self._set_halted(reason)
         log.error(
-            "delivery halted: %s; re-reading the token from %s every %gs",
+            "delivery halted%s: %s; re-reading the token from %s every %gs",
+            self._for,
             reason,
             self._access_token.source(),
             self._token_check_interval_s,
@@ -496,11 +511,17 @@ class Sender:
                     # the refused token): they try the new one, and TikTok's answer to
                     # them decides whether the halt is over.
                     self._trial = current
-                    log.warning("trying the new access token from %s", self._access_token.source())
+                    log.warning(
+                        "trying the new access token%s from %s",
+                        self._for,
+                        self._access_token.source(),
+                    )
                 else:
                     # Nothing is held (no usable token at start, before any batch): no
-                    # request can prove this token, and the poll loop hands no batches
-                    # over while halted, so it is used as loaded. A refusal halts again.
+                    # request can prove this token, and the poll loop need not hand a
+                    # batch over (a lone sender gets none while halted; a tenant's are
+                    # held here, so none came), so it is used as loaded. A refusal
+                    # halts again.
                     self._resume(f"an access token was loaded from {self._access_token.source()}")
                 self._resumed.set()
                 return
@@ -509,13 +530,15 @@ class Sender:
     def _resume(self, why: str) -> None:
         self._trial = None
         self._set_halted(None)
-        log.warning("delivery resumed: %s", why)
+        log.warning("delivery resumed%s: %s", self._for, why)
 
     def _read_token(self) -> Secret | None:
         token = self._access_token.current()
         if token is not None and not is_sendable(token):
             log.error(
-                "the access token in %s cannot be sent in a header", self._access_token.source()
+                "the access token%s in %s cannot be sent in a header",
+                self._for,
+                self._access_token.source(),
             )
             return None
         return token
@@ -523,7 +546,7 @@ class Sender:
     def _set_halted(self, reason: str | None) -> None:
         with self._lock:
             self._halted = reason
-        self._metrics.sink_fatal.set(0 if reason is None else 1)
+        self._fatal.set(0 if reason is None else 1)
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -541,15 +564,6 @@ class Sender:
     def _count_sent(self, items: Sequence[PendingEvent], outcome: str) -> None:
         for event, count in Counter(item.event.event for item in items).items():
             self._metrics.events_sent.labels(event, outcome).inc(count)
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 def _shows_token_accepted(result: Classification) -> bool:
@@ -574,19 +588,3 @@ def _split(
         return [([items[index]], True), (rest, False)]
     middle = len(items) // 2
     return [(items[:middle], False), (items[middle:], False)]
-
-
-def _check_delivery(delivery: DeliveryConfig) -> None:
-    problems = []
-    if delivery.max_in_flight < 1:
-        problems.append("delivery.max_in_flight: must be at least 1")
-    if not delivery.max_requests_per_s > 0:
-        problems.append("delivery.max_requests_per_s: must be above 0")
-    if delivery.max_retries is not None and delivery.max_retries < 0:
-        problems.append("delivery.max_retries: must be 0 or more")
-    if not 0 <= delivery.backoff_initial_ms <= delivery.backoff_max_ms:
-        problems.append("delivery.backoff_initial_ms: must be between 0 and backoff_max_ms")
-    if not delivery.request_timeout_s > 0:
-        problems.append("delivery.request_timeout_s: must be above 0")
-    if problems:
-        raise ConfigError(problems)

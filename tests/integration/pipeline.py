@@ -57,6 +57,10 @@ class Pipeline:
     group_protocol: str = "classic"
     derived_ids: bool = False
     metrics_port: int = field(default_factory=free_port)
+    #: More ``tiktok`` settings (``pixels``: tenants with tokens of their own).
+    tiktok: dict[str, Any] = field(default_factory=dict)
+    #: Record kind → the event source id (pixel code) its mapping sends to.
+    event_source_ids: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.token_file = self.workdir / "token"
@@ -77,6 +81,7 @@ class Pipeline:
             "pixel_code": raw["tiktok"]["pixel_code"],
             "endpoint": self.sandbox.endpoint,
             "access_token_file": str(self.token_file),
+            **self.tiktok,
         }
         raw["delivery"] = {
             "linger_ms": 50,
@@ -93,6 +98,8 @@ class Pipeline:
         raw["metrics"] = {"host": "127.0.0.1", "port": self.metrics_port}
         for mapping, kind in zip(raw["mappings"], MAPPING_KINDS, strict=True):
             mapping["topic"] = self.topics[kind]
+            if kind in self.event_source_ids:
+                mapping["event_source_id"] = self.event_source_ids[kind]
             if self.derived_ids:
                 mapping.pop("event_id", None)
         self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -108,6 +115,10 @@ class Pipeline:
     def accepted(self) -> Counter[str]:
         """Unique events the sandbox accepted, by event name."""
         return Counter(self.sandbox.stats()["events"]["by_event"])
+
+    def accepted_by_pixel(self) -> Counter[str]:
+        """Unique events the sandbox accepted, by pixel code."""
+        return Counter(self.sandbox.stats()["events"]["by_pixel"])
 
     def wait_delivered(self, expected: Counter[str], timeout: float = 60) -> None:
         wait_for(lambda: self.accepted() == expected, timeout, f"delivery of {dict(expected)}")
@@ -134,6 +145,24 @@ class Pipeline:
             return httpx.get(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2).status_code
         except httpx.HTTPError:
             return None
+
+    def health_reason(self, path: str) -> str | None:
+        """The body of a health endpoint's answer (its reason), or None when not serving."""
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2).text
+        except httpx.HTTPError:
+            return None
+
+    def sample_value(self, series: str) -> float | None:
+        """One series of /metrics, written as exposed (``name{label="value"}``)."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
 
 
 class ProcessorProcess:

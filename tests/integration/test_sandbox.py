@@ -30,6 +30,8 @@ OTHER_PIXEL = "C9ZZZZ7777XXXXXXXXXX"
 # Distinctive, so a leak anywhere is found by a plain substring search.
 TOKEN = "tok-3c1f0e9a-never-log-me"
 EXAMPLES = sorted((SCHEMAS_DIR / "tiktok/examples/event_track.v1.3").glob("*.json"))
+#: The app id and event set ids of the examples of other event sources than web.
+EXAMPLE_SOURCE_IDS = frozenset(orjson.loads(p.read_bytes())["event_source_id"] for p in EXAMPLES)
 SHA = "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,7 +85,7 @@ def code_of(response: httpx.Response) -> int:
 
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(tokens={TOKEN}, pixels={PIXEL, OTHER_PIXEL}) as sb:
+    with Sandbox(tokens={TOKEN}, pixels={PIXEL, OTHER_PIXEL, *EXAMPLE_SOURCE_IDS}) as sb:
         yield sb
 
 
@@ -107,7 +109,8 @@ def test_every_example_request_is_accepted_and_stored_as_sent(
     assert response.headers["X-Tt-Logid"] == response.json()["request_id"]
     stored = sandbox.events(event=body["data"][0]["event"])
     assert [s["event"] for s in stored] == body["data"]
-    assert stored[0]["pixel"] == PIXEL
+    assert stored[0]["pixel"] == body["event_source_id"]
+    assert stored[0]["event_source"] == body["event_source"]
     assert stored[0]["test_event_code"] == body.get("test_event_code")
 
 

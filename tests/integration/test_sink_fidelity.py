@@ -67,7 +67,7 @@ def test_wrong_then_wrong_then_right_token_stays_halted_until_the_right_one(
 
         def watch() -> None:
             while not stop.is_set():
-                if sender.halted is None or metrics.value("sink_fatal") != 1:
+                if sender.halted is None or metrics.value("sink_fatal", {"pixel": "default"}) != 1:
                     unhalted.append(time.monotonic())
                 time.sleep(0.0005)
 
@@ -89,7 +89,7 @@ def test_wrong_then_wrong_then_right_token_stays_halted_until_the_right_one(
         token_file.write_text(NEW_TOKEN + "\n")  # right
         done = outcomes(sender, 3)
         assert sender.halted is None
-        assert metrics.value("sink_fatal") == 0
+        assert metrics.value("sink_fatal", {"pixel": "default"}) == 0
 
     assert_all_accepted(done, held)
     assert stored_ids(sandbox) == ids_of(first.items).union(*(ids_of(b.items) for b in held))

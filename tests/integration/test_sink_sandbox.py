@@ -56,8 +56,8 @@ def a_batch(
         event = an_event(f"{prefix}-{i}")
         if change is not None:
             change(i, event)
-        items.append(PendingEvent(i, MappedEvent("views", PIXEL, test_event_code, event)))
-    return Batch(BatchKey(PIXEL, test_event_code), items)
+        items.append(PendingEvent(i, MappedEvent("views", "web", PIXEL, test_event_code, event)))
+    return Batch(BatchKey("web", PIXEL, test_event_code), items)
 
 
 def ids_of(items: list[PendingEvent]) -> set[str]:
@@ -268,7 +268,7 @@ def test_a_revoked_token_halts_until_the_file_holds_the_new_one(
         wait_for(lambda: sender.halted is not None)
         assert sender.halted is not None
         assert sender.halted.startswith("40105")
-        assert metrics.value("sink_fatal") == 1
+        assert metrics.value("sink_fatal", {"pixel": "default"}) == 1
         assert not sender.wait(0.3)
         assert sender.in_flight_batches == 2
         assert sandbox.stats()["events"]["accepted"] == 10
@@ -276,7 +276,7 @@ def test_a_revoked_token_halts_until_the_file_holds_the_new_one(
         token_file.write_text(NEW_TOKEN + "\n")
         done = outcomes(sender, 2)
         assert sender.halted is None
-        assert metrics.value("sink_fatal") == 0
+        assert metrics.value("sink_fatal", {"pixel": "default"}) == 0
     assert_all_accepted(done, held)
     assert stored_ids(sandbox) == ids_of(first.items) | ids_of(held[0].items) | ids_of(
         held[1].items

@@ -1,4 +1,4 @@
-"""Per-pixel batching by count and linger time."""
+"""Batching per event source, source id and test code, by count and linger time."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from processor.mapping import MappedEvent
 from processor.payload import BatchKey
 
 
-def event(pixel: str = "PIXEL000A", test: str | None = None, n: int = 0) -> MappedEvent:
+def event(
+    pixel: str = "PIXEL000A", test: str | None = None, n: int = 0, source: str = "web"
+) -> MappedEvent:
     payload = {"event": "ViewContent", "event_time": 1_767_225_600, "event_id": str(n)}
-    return MappedEvent("m", pixel, test, payload)
+    return MappedEvent("m", source, pixel, test, payload)
 
 
 def test_batch_closes_at_max_events() -> None:
@@ -31,11 +33,26 @@ def test_batches_are_kept_apart_by_pixel_and_test_code() -> None:
     b.add(3, event("PIXEL000A", "TEST1"), 0.1)
     assert b.due(0.15) == []
     due = b.due(0.2)
-    assert {x.key for x in due} == {BatchKey("PIXEL000A", None), BatchKey("PIXEL000B", None)}
+    assert {x.key for x in due} == {
+        BatchKey("web", "PIXEL000A", None),
+        BatchKey("web", "PIXEL000B", None),
+    }
     assert b.next_due() == pytest.approx(0.3)
-    assert [x.key for x in b.flush()] == [BatchKey("PIXEL000A", "TEST1")]
+    assert [x.key for x in b.flush()] == [BatchKey("web", "PIXEL000A", "TEST1")]
     assert b.buffered == 0
     assert b.next_due() is None
+
+
+def test_batches_are_kept_apart_by_event_source_even_with_the_same_id() -> None:
+    b = Batcher(max_events=2, linger_s=1)
+    for source in ("web", "app", "offline", "crm"):
+        assert b.add(source, event("7312345678901234567", source=source), 0.0) is None
+    assert b.buffered == 4
+    full = b.add("crm-2", event("7312345678901234567", n=2, source="crm"), 0.0)
+    assert full is not None
+    assert full.key == BatchKey("crm", "7312345678901234567", None)
+    assert [i.ref for i in full.items] == ["crm", "crm-2"]
+    assert sorted(x.key.event_source for x in b.flush()) == ["app", "offline", "web"]
 
 
 def test_discard_drops_events_of_revoked_partitions() -> None:

@@ -60,6 +60,7 @@ class FakeSender:
         self.submitted: list[Batch] = []  # every batch, in the order submitted
         self.in_flight: list[Batch] = []  # submitted and not completed yet
         self.halted: str | None = None
+        self.partly_halted: str | None = None  # some tenants halted, others delivering
         self.on_wait: Callable[[], object] = lambda: None
         self._completed: list[Outcome] = []
 
@@ -401,6 +402,25 @@ def test_halted_sender_pauses_and_commits_nothing_past_held_events() -> None:
     h.turn(2)
     assert not h.source.paused
     assert h.source.committed[TP0] == 2
+
+
+def test_one_halted_pixel_fails_readiness_but_pauses_nothing_and_batches_still_go_out() -> None:
+    h = harness(max_batch_events=1)
+    h.sender.partly_halted = f"pixel shop-eu: {TOKEN_INVALID}"
+    h.publish(0, page_views(0, 2))
+    h.turn(2)
+    assert not h.source.paused
+    assert len(h.sender.submitted) == 2  # the sender holds the halted pixel's batches
+    assert h.processor.ready == (False, f"halted: pixel shop-eu: {TOKEN_INVALID}")
+    (held, delivered) = h.sender.submitted
+    h.sender.complete([delivered])
+    h.turn(2)
+    assert h.source.committed.get(TP0, 0) == 0  # not past the held record
+    h.sender.partly_halted = None
+    h.sender.complete([held])
+    h.turn(2)
+    assert h.source.committed[TP0] == 2
+    assert h.processor.ready == (True, "ok")
 
 
 # -- rebalances -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from processor.errors import InvalidRecord
 from processor.mapping import CompiledMapping, compile_mappings
 from processor.mapping.coerce import CoerceError, to_id, to_id_list, to_text
 from processor.mapping.paths import PathError, compile_path, parse_path
-from processor.mapping.values import compile_value
+from processor.mapping.values import compile_value, url_param
 from processor.types import Stage
 from tests.conftest import EXAMPLE_CONFIG
 
@@ -55,6 +55,12 @@ def value(spec: Any, record: dict[str, Any] = RECORD) -> Any:
         ({"from_url": "page.url", "param": "frag"}, None),
         ({"from_url": "form.id", "param": "ttclid"}, None),
         ({"from_url": {"const": "https://a/?ttclid=z"}, "param": "ttclid"}, "z"),
+        # Single-page sites pass it in the fragment; the query wins when both have it.
+        ({"from_url": {"const": "https://a/p#ttclid=f"}, "param": "ttclid"}, "f"),
+        ({"from_url": {"const": "https://a/p?x=1#y=2&ttclid=f"}, "param": "ttclid"}, "f"),
+        ({"from_url": {"const": "https://a/p?ttclid=q#ttclid=f"}, "param": "ttclid"}, "q"),
+        ({"from_url": {"const": "https://a/p?ttclid=%20z%20"}, "param": "ttclid"}, "z"),
+        ({"from_url": {"const": "https://a/p?ttclid=%20"}, "param": "ttclid"}, None),
         ({"template": "{form.id}: {form.name}"}, "contact: Contact sales"),
         ({"template": "{form.id}/{form.missing}"}, None),
         ({"template": "plain"}, "plain"),
@@ -285,3 +291,51 @@ def test_coercers_draw_the_line_at_2_53() -> None:
         for value in (limit, -limit, 1e300):
             with pytest.raises(CoerceError, match="too large to be exact"):
                 coerce(value)
+
+
+# -- URL parameters (ttclid from a landing URL) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "ttclid"),
+    [
+        ("https://shop.example.com/p/sku-1001?ttclid=E.C.P.v3Xk9QmZ", "E.C.P.v3Xk9QmZ"),
+        ("https://x/p?a=1&ttclid=ABC&b=2", "ABC"),
+        ("https://x/p#ttclid=ABC", "ABC"),
+        ("https://x/p?a=1#b=2&ttclid=ABC", "ABC"),
+        ("https://x/#/checkout?ttclid=ABC", "ABC"),
+        ("https://x/p?ttclid=%20A%2FB+", "A/B"),
+        ("https://x/p?ttclid=Q&ttclid=R", "Q"),
+        ("https://x/p?ttclid=Q#ttclid=R", "Q"),
+        ("https://x/p?ttclid=#ttclid=R", "R"),
+        ("https://x/p?ttclid=+#ttclid=R", "R"),
+        ("/relative/path?ttclid=ABC", "ABC"),
+    ],
+)
+def test_ttclid_is_found_in_the_query_or_the_fragment(url: str, ttclid: str) -> None:
+    assert url_param(url, "ttclid") == ttclid
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://x/p",
+        "https://x/p?a=1#b=2",
+        "https://x/p?ttclid=",
+        "https://x/p?ttclid=%20",
+        "https://x/p?xttclid=1&ttclid_old=2&TTCLID=3",
+        "",
+        "not a url",
+        "https://[::1/p?ttclid=A",
+        "https://ex\uff03ample.com/p?ttclid=A",
+    ],
+)
+def test_no_ttclid_or_a_malformed_url_gives_none(url: str) -> None:
+    assert url_param(url, "ttclid") is None
+
+
+@given(st.text(max_size=60), st.text(max_size=20))
+def test_url_param_never_raises(url: str, value: str) -> None:
+    for candidate in [url, f"https://x/p?ttclid={value}", f"{url}#ttclid={value}"]:
+        found = url_param(candidate, "ttclid")
+        assert found is None or (found and found == found.strip())

@@ -57,7 +57,18 @@ DASHBOARD = CHART_FILES / "dashboard.json"
 ALERTS = CHART_FILES / "alerts.yaml"
 
 #: Labels a metric may carry: each takes values from a small fixed set (docs/ARCHITECTURE.md, "Metrics and health").
-ALLOWED_LABELS = {"topic", "partition", "stage", "event", "outcome", "code", "reason", "kind"}
+ALLOWED_LABELS = {
+    "topic",
+    "partition",
+    "stage",
+    "event",
+    "field",
+    "outcome",
+    "code",
+    "reason",
+    "kind",
+    "pixel",
+}
 
 #: What the issue asks for: (exported name, type, labels).
 REQUIRED = [
@@ -76,7 +87,7 @@ REQUIRED = [
     ("in_flight_requests", "gauge", set()),
     ("buffered_events", "gauge", set()),
     ("paused", "gauge", set()),
-    ("sink_fatal", "gauge", set()),
+    ("sink_fatal", "gauge", {"pixel"}),
     ("consumer_lag", "gauge", {"topic", "partition"}),
     ("partition_stalled_seconds", "gauge", {"topic", "partition"}),
     ("oldest_unfinished_age_seconds", "gauge", set()),
@@ -202,7 +213,7 @@ m = Metrics(multiprocess=True)
 m.records_consumed.labels("web.pageviews").inc(consumed)
 m.events_sent.labels("ViewContent", "accepted").inc(consumed)
 m.in_flight_requests.set(in_flight)
-m.sink_fatal.set(fatal)
+m.sink_fatal.labels("default").set(fatal)
 m.oldest_unfinished_age.set(in_flight * 10)
 m.request_duration.observe(0.2)
 m.consumer_lag.labels("web.pageviews", "0").set(7)
@@ -238,7 +249,7 @@ def test_workers_metrics_add_up_and_gauges_combine_by_their_mode(tmp_path: Path)
     assert value("records_consumed_total", topic="web.pageviews") == 150
     assert value("request_duration_seconds_count") == 2
     assert value("in_flight_requests") == 5  # livesum
-    assert value("sink_fatal") == 1  # livemax: one halted worker is a halt
+    assert value("sink_fatal", pixel="default") == 1  # livemax: one halted worker is a halt
     assert value("oldest_unfinished_age_seconds") == 30  # livemax
     assert value("consumer_lag", topic="web.pageviews", partition="0") == 7  # the owner's only
     assert value("consumer_lag", topic="web.pageviews", partition="1") == 10
@@ -246,7 +257,7 @@ def test_workers_metrics_add_up_and_gauges_combine_by_their_mode(tmp_path: Path)
     assert (totals.records, totals.accepted, totals.in_flight, totals.halted) == (150, 150, 5, True)
     mark_worker_dead(second, tmp_path)
     assert value("in_flight_requests") == 2  # a dead worker's gauges stop counting
-    assert value("sink_fatal") == 0
+    assert value("sink_fatal", pixel="default") == 0
     assert value("records_consumed_total", topic="web.pageviews") == 150  # counters never drop
     mark_worker_dead(first, tmp_path)
     assert value("in_flight_requests") is None

@@ -150,7 +150,7 @@ def test_the_client_never_returns_part_of_the_token(
             tiktok(), Metrics(), timeout_s=5.0, transport=httpx.MockTransport(handler)
         )
         try:
-            key = BatchKey(PIXEL, None)
+            key = BatchKey("web", PIXEL, None)
             results = [await client.send(key, one_event(p), Secret(TOKEN)) for p in POSITIONS]
         finally:
             await client.aclose()
@@ -181,7 +181,7 @@ def test_rejections_and_give_ups_never_carry_part_of_the_token(
 
     with running(handler, config=tiktok(TOKEN), max_retries=1) as sender:
         for position in POSITIONS:
-            sender.submit(Batch(BatchKey(PIXEL, None), one_event(position)))
+            sender.submit(Batch(BatchKey("web", PIXEL, None), one_event(position)))
         done = outcomes(sender, len(POSITIONS))
 
     reasons = [reason for outcome in done for _, reason in outcome.rejected]
@@ -221,7 +221,7 @@ def test_a_halt_reason_and_readyz_never_carry_part_of_the_token(
         sleep=asyncio.sleep,
         token_check_interval_s=0.02,
     ) as sender:
-        sender.submit(Batch(BatchKey(PIXEL, None), one_event(position)))
+        sender.submit(Batch(BatchKey("web", PIXEL, None), one_event(position)))
         wait_for(lambda: sender.halted is not None)
         halted = sender.halted
         assert halted is not None

@@ -54,7 +54,7 @@ def test_a_batch_is_posted_as_tiktok_expects_and_accepted() -> None:
         return envelope(0)
 
     metrics = Metrics()
-    batch = Batch(BatchKey(PIXEL, "TEST123"), [pending(i) for i in range(3)])
+    batch = Batch(BatchKey("web", PIXEL, "TEST123"), [pending(i) for i in range(3)])
     with running(handler, config=tiktok(partner="AcmeRelay"), metrics=metrics) as sender:
         sender.submit(batch)
         [done] = outcomes(sender, 1)

@@ -80,7 +80,7 @@ def test_an_event_that_cannot_be_encoded_is_rejected_without_a_request() -> None
     items = [pending(i) for i in range(4)]
     items[2].event.payload["properties"] = {"odd": {1, 2}}  # a set is not JSON
     with running(fake) as sender:
-        sender.submit(Batch(BatchKey(PIXEL, None), items))
+        sender.submit(Batch(BatchKey("web", PIXEL, None), items))
         [done] = outcomes(sender, 1)
     assert accepted_refs([done]) == [0, 1, 3]
     [(item, reason)] = done.rejected

@@ -40,7 +40,7 @@ def test_a_refused_token_halts_everything_until_the_token_file_is_rotated(tmp_pa
         sender.submit(a_batch(range(5)))
         wait_for(lambda: sender.halted is not None)
         assert sender.halted == "40105 Access token is incorrect or has been revoked"
-        assert metrics.value("sink_fatal") == 1
+        assert metrics.value("sink_fatal", {"pixel": "default"}) == 1
         sender.submit(a_batch(range(5, 10)))  # held too, not even sent
         assert not sender.wait(0.3)  # nothing completes, nothing is rejected, while halted
         assert sender.in_flight_batches == 2
@@ -50,7 +50,7 @@ def test_a_refused_token_halts_everything_until_the_token_file_is_rotated(tmp_pa
         token_file.write_text(NEW_TOKEN + "\n")
         done = outcomes(sender, 2)
         assert sender.halted is None
-        assert metrics.value("sink_fatal") == 0
+        assert metrics.value("sink_fatal", {"pixel": "default"}) == 0
     assert accepted_refs(done) == list(range(10))
     assert rejected_refs(done) == []
     assert gate.tokens[0] == TOKEN

@@ -76,7 +76,7 @@ class HaltedSamples:
             self.count += 1
             if self._sender.halted is None:
                 self.unhalted += 1
-            if self._metrics.value("sink_fatal") == 0:
+            if self._metrics.value("sink_fatal", {"pixel": "default"}) == 0:
                 self.gauge_zero += 1
             time.sleep(0.0005)
 
@@ -150,7 +150,7 @@ def test_a_rotation_to_another_wrong_token_never_reports_delivery_resumed(
     )
     assert resumed_lines(caplog) == []
     assert len(lines(caplog, "delivery halted")) == 1
-    assert metrics.value("sink_fatal") == 1
+    assert metrics.value("sink_fatal", {"pixel": "default"}) == 1
 
 
 def test_a_rotation_to_a_good_token_resumes_only_once_tiktok_accepts_a_held_request(
@@ -185,13 +185,13 @@ def test_a_rotation_to_a_good_token_resumes_only_once_tiktok_accepts_a_held_requ
         # The new token is loaded and on its way, but not proven: still halted.
         time.sleep(0.05)
         assert sender.halted == "40105 Access token is incorrect or has been revoked"
-        assert metrics.value("sink_fatal") == 1
+        assert metrics.value("sink_fatal", {"pixel": "default"}) == 1
         assert lines(caplog, TRYING)
         assert resumed_lines(caplog) == []
         answer.set()
         [done] = outcomes(sender, 1)
         assert sender.halted is None
-        assert metrics.value("sink_fatal") == 0
+        assert metrics.value("sink_fatal", {"pixel": "default"}) == 0
     assert accepted_refs([done]) == list(range(10))
     assert good_requests == [list(range(10))]  # the held request itself proved the token
     assert resumed_lines(caplog) == [ACCEPTED]
@@ -233,7 +233,7 @@ def test_wrong_then_wrong_then_right_delivers_every_held_batch_once(
     assert gate.tokens.count(NEW_TOKEN) == 4  # each held batch sent once with the good token
     assert resumed_lines(caplog) == [ACCEPTED]
     assert len(lines(caplog, TRYING)) == 2
-    assert metrics.value("sink_fatal") == 0
+    assert metrics.value("sink_fatal", {"pixel": "default"}) == 0
 
 
 def test_an_answer_that_says_nothing_about_the_token_does_not_end_the_halt(
@@ -270,7 +270,7 @@ def test_an_answer_that_says_nothing_about_the_token_does_not_end_the_halt(
         token_file.write_text(NEW_TOKEN)
         wait_for(lambda: answers.count("503") >= 3)
         assert sender.halted is not None
-        assert metrics.value("sink_fatal") == 1
+        assert metrics.value("sink_fatal", {"pixel": "default"}) == 1
         outage.clear()
         [done] = outcomes(sender, 1)
         assert sender.halted is None
@@ -482,7 +482,7 @@ def test_the_index_is_in_the_batch_even_when_refs_are_not_positions() -> None:
     # Refs are the caller's (record references), positions are the batch's.
     items = [pending(ref, bad=ref == 5003) for ref in range(5000, 5010)]
     with running(FakeTikTok()) as sender:
-        sender.submit(Batch(BatchKey(PIXEL, None), items))
+        sender.submit(Batch(BatchKey("web", PIXEL, None), items))
         [done] = outcomes(sender, 1)
     [(_, reason)] = done.rejected
     assert "data[3].event_id" in reason

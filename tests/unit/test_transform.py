@@ -200,7 +200,11 @@ def test_pixel_and_test_code_per_mapping_and_line_items(
     result = run(t, "shop.orders", order)
     assert len(result.events) == 1
     mapped = result.events[0]
-    assert (mapped.pixel_code, mapped.test_event_code) == ("C0THERPIXEL0000000", "TEST1")
+    assert (mapped.event_source, mapped.event_source_id, mapped.test_event_code) == (
+        "web",
+        "C0THERPIXEL0000000",
+        "TEST1",
+    )
     assert mapped.payload["event_id"] == "99"
     assert mapped.payload["limited_data_use"] is True
     assert mapped.payload["properties"] == {
@@ -274,13 +278,10 @@ def mutate(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (mutate("timestamp", "2026-01-01T00:00:00+00:00Z"), Stage.MAPPING, "event_time"),
         (mutate("timestamp", 1_600_000_000), Stage.STALE, "older than max_event_age 28d"),
         (mutate("timestamp", NOW + 7200), Stage.STALE, "in the future"),
-        (mutate("context.ip", "300.1.1.1"), Stage.MAPPING, "user.ip (from context.ip): not an IPv4 or IPv6"),
         (mutate("product.currency", "XYZ"), Stage.MAPPING, "properties.currency (from product.currency): not an ISO 4217"),
         (mutate("product.price", -1), Stage.INPUT_SCHEMA, "product.price"),
         (mutate("product.sku", True), Stage.INPUT_SCHEMA, "product.sku"),
         (mutate("page.url", "https://x.example/" + "a" * 4100), Stage.INPUT_SCHEMA, "page.url"),
-        (mutate("user", {"email": "not-an-email"}), Stage.MAPPING, "user.email (from user.email): not a valid email address"),
-        (mutate("user", {"phone": "12345"}), Stage.MAPPING, "user.phone (from user.phone): not a possible phone number"),
     ],
 )  # fmt: skip
 def test_bad_records_name_stage_and_field(
@@ -292,12 +293,36 @@ def test_bad_records_name_stage_and_field(
     assert (got_stage, reason in got_reason) == (stage, True), got_reason
 
 
-def test_rejections_never_contain_the_raw_pii(example: Transformer) -> None:
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        (mutate("context.ip", "300.1.1.1"), "user.ip", "not an IPv4 or IPv6"),
+        (mutate("user", {"email": "not-an-email"}), "user.email", "not a valid email address"),
+        (mutate("user", {"phone": "12345"}), "user.phone", "not a possible phone number"),
+    ],
+)
+def test_a_bad_customer_field_is_dropped_naming_field_and_reason(
+    example: Transformer, change: Callable[[dict[str, Any]], None], field: str, reason: str
+) -> None:
+    doc = record("page_view", "product_from_tiktok_ad")
+    change(doc)
+    result = run(example, "web.pageviews", doc)
+    (event,) = result.events
+    ((got_field, got_reason),) = event.dropped
+    assert (got_field, reason in got_reason) == (field, True), got_reason
+    assert field.split(".")[1] not in event.payload["user"]
+
+
+def test_drops_and_rejections_never_contain_the_raw_pii(example: Transformer) -> None:
     doc = record("sign_up", "email_signup")
     doc["user"]["email"] = "secret.person@@example.com"
     doc["user"]["phone"] = "+1 555 SECRET"
-    result = run(example, "web.signups", doc)
-    (rejection,) = result.rejected
+    (event,) = run(example, "web.signups", doc).events
+    assert len(event.dropped) == 2
+    assert "secret" not in str(event.dropped).lower()
+    assert "secret" not in str(event.payload).lower()
+    doc["timestamp"] = "yesterday-ish SECRET"
+    (rejection,) = run(example, "web.signups", doc).rejected
     assert "secret" not in str(rejection).lower()
 
 
