@@ -102,6 +102,10 @@ class BatchSender(Protocol):
         """The tenants halted while others deliver (``pixel shop-eu: 40105 …``), or None:
         their batches are still submitted (the sender holds them)."""
 
+    @property
+    def held_events(self) -> int:
+        """Events a halted tenant holds: none finishes before its token changes."""
+
     def close(self, timeout: float) -> None: ...
 
 
@@ -491,9 +495,15 @@ class Processor:
             self._collect()
             if done():
                 return True
-            if self._clock() >= deadline:
+            if self._clock() >= deadline or self._only_held_left():
                 return False
             self._sender.wait(0.01)
+
+    def _only_held_left(self) -> bool:
+        """Everything still out is held by a halted pixel: no wait can finish it (a
+        revoke or a stop must not hold the group up for the drain timeout)."""
+        held = self._sender.held_events
+        return held > 0 and self._outstanding_events <= held
 
     # -- stop -----------------------------------------------------------------------
 

@@ -190,6 +190,7 @@ class Sender:
         self._completions_ready = threading.Condition(self._lock)
         self._completed: deque[BatchOutcome] = deque()
         self._in_flight = 0
+        self._in_flight_events = 0
         self._state = "new"  # → running → closing → closed
         self._halted: str | None = None
         self._broken: str | None = None  # an internal error: halted for good
@@ -225,6 +226,7 @@ class Sender:
             if self._state != "running" or self._loop is None:
                 raise RuntimeError(f"cannot submit: the sender is {self._state}")
             self._in_flight += 1
+            self._in_flight_events += len(batch.items)
             # Scheduled under the lock, so close() cannot slip in between.
             self._loop.call_soon_threadsafe(self._launch, batch)
 
@@ -260,6 +262,13 @@ class Sender:
         """Always None: one sender is halted whole or not at all (the router of several
         tenants says which of them are halted while the others deliver)."""
         return None
+
+    @property
+    def held_events(self) -> int:
+        """Events submitted and not finished while halted: held until the token changes
+        (0 while delivering)."""
+        with self._lock:
+            return self._in_flight_events if (self._broken or self._halted) else 0
 
     def close(self, timeout: float) -> None:
         """Stop accepting batches, wait up to ``timeout`` seconds for those in flight,
@@ -347,6 +356,7 @@ class Sender:
         with self._lock:
             self._completed.append(outcome)
             self._in_flight -= 1
+            self._in_flight_events -= len(batch.items)
             self._completions_ready.notify_all()
         if self._on_completion is not None:
             self._on_completion()

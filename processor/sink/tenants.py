@@ -171,6 +171,11 @@ class TenantRouter:
         return _describe(halted)
 
     @property
+    def held_events(self) -> int:
+        """Events held by halted tenants: they finish only once a token changes."""
+        return sum(t.sender.held_events for t in self._tenants)
+
+    @property
     def partly_halted(self) -> str | None:
         """The halted tenants while others deliver (``pixel shop-eu: 40105 …``), else None."""
         halted = self._halted()

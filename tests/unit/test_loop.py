@@ -61,6 +61,7 @@ class FakeSender:
         self.in_flight: list[Batch] = []  # submitted and not completed yet
         self.halted: str | None = None
         self.partly_halted: str | None = None  # some tenants halted, others delivering
+        self.held_events = 0  # events a halted tenant holds
         self.on_wait: Callable[[], object] = lambda: None
         self._completed: list[Outcome] = []
 
@@ -455,6 +456,27 @@ def test_a_revoke_while_halted_does_not_wait_for_the_drain_timeout() -> None:
     h.source.revoke([TP0])  # waiting for the drain timeout would take 30 fake seconds
     assert h.clock.now - before < 5
     assert h.source.commits[-1] == Commit({TP0: 0}, asynchronous=False, accepted=True)
+
+
+def test_a_revoke_while_one_pixel_holds_what_is_left_does_not_wait_for_the_drain() -> None:
+    h = harness(max_batch_events=1, drain_timeout_s=30.0)
+    h.publish(0, page_views(0, 2))
+    h.turn(2)
+    first, _second = h.sender.submitted
+    h.sender.accept(first)
+    h.sender.partly_halted = f"pixel shop-eu: {TOKEN_INVALID}"
+    h.sender.held_events = 1  # the second event waits for shop-eu's token
+    before = h.clock.now
+    h.source.revoke([TP0])  # no wait can finish a held event: 30 fake seconds otherwise
+    assert h.clock.now - before < 5
+    assert h.source.commits[-1] == Commit({TP0: 1}, asynchronous=False, accepted=True)
+    # While something not held is still out, the revoke waits for it (up to the drain).
+    h.publish(1, page_views(1, 2))
+    h.turn(2)
+    h.sender.held_events = 1
+    h.sender.on_wait = h.sender.complete
+    h.source.revoke([TP1])
+    assert h.source.committed[TP1] == 2
 
 
 def test_a_lost_partition_commits_nothing_and_its_late_completions_change_nothing() -> None:

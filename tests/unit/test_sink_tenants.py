@@ -260,6 +260,7 @@ def test_a_pixel_rotated_to_another_wrong_token_stays_halted_and_the_others_neve
         assert router.partly_halted is not None
         assert router.partly_halted.startswith("pixel shop-a: 40105 ")
         assert router.poll_completions() == []
+        assert router.held_events == 3  # shop-a's batch; shop-b's finished
     assert not any(m.startswith("delivery resumed") for m in messages(caplog))
 
 
