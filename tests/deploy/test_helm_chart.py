@@ -313,6 +313,77 @@ def test_token_is_a_mounted_secret_file(render: Render) -> None:
     assert values["token"]["value"] not in json.dumps(container)
 
 
+PIXEL_SETS = {
+    "token.pixels[0].name": "shop-eu",
+    "token.pixels[0].eventSourceId": "CEU7PIXEL0000000001",
+    "token.pixels[0].existingSecret": "shop-eu-token",
+    "token.pixels[1].name": "shop-us",
+    "token.pixels[1].eventSourceId": "CUS7PIXEL0000000002",
+    "token.pixels[1].existingSecret": "shop-us-token",
+    "token.pixels[1].key": "token",
+}
+
+
+def test_a_token_per_pixel_is_mounted_and_written_into_the_config(
+    render: Render, tmp_path: Path
+) -> None:
+    manifests = render(CHART / "ci" / "full-values.yaml", sets=PIXEL_SETS)
+    container = processor_container(manifests)
+    pod = only(manifests, "Deployment")["spec"]["template"]["spec"]
+    root = load_values(CHART / "ci" / "full-values.yaml")["token"]["mountPath"].rstrip("/")
+    expected = {
+        "shop-eu": ("shop-eu-token", "access-token", "CEU7PIXEL0000000001"),
+        "shop-us": ("shop-us-token", "token", "CUS7PIXEL0000000002"),
+    }
+    rendered = yaml.safe_load(rendered_config(manifests))
+    assert rendered["tiktok"]["pixels"] == [
+        {
+            "name": name,
+            "event_source_id": source,
+            "access_token_file": f"{root}-pixels/{name}/{key}",
+        }
+        for name, (_, key, source) in expected.items()
+    ]
+    for name, (secret, key, _) in expected.items():
+        volume = next(v for v in pod["volumes"] if v["name"] == f"token-{name}")
+        assert volume["secret"]["secretName"] == secret
+        assert volume["secret"]["items"] == [{"key": key, "path": key}]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == f"token-{name}")
+        # A directory mount beside the default token's, refreshed when the Secret changes.
+        assert mount == {
+            "name": f"token-{name}",
+            "mountPath": f"{root}-pixels/{name}",
+            "readOnly": True,
+        }
+    kubernetes_validate.validate(only(manifests, "Deployment"), K8S_VERSIONS[-1], strict=True)
+    # The processor takes the rendered configuration once the files are where the pod has them.
+    for pixel in rendered["tiktok"]["pixels"]:
+        local = tmp_path / pixel["name"]
+        local.write_text(f"token-of-{pixel['name']}")
+        pixel["access_token_file"] = str(local)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(rendered))
+    env = {v["name"]: v["value"] for v in container["env"] if "value" in v}
+    default = tmp_path / "default-token"
+    default.write_text("default-token")
+    proc = check_config(config, {**env, "TIKTOK_ACCESS_TOKEN_FILE": str(default)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "shop-eu" in proc.stdout
+    assert "token-of-" not in proc.stdout + proc.stderr
+
+
+def test_pixels_in_both_token_and_config_are_refused(helm: HelmRun) -> None:
+    sets = {
+        **PIXEL_SETS,
+        "config.tiktok.pixels[0].name": "shop-fr",
+        "config.tiktok.pixels[0].event_source_id": "CFR7PIXEL0000000003",
+        "config.tiktok.pixels[0].access_token_env": "TIKTOK_TOKEN_SHOP_FR",
+    }
+    proc = helm(*template_args(CHART / "ci" / "full-values.yaml", sets))
+    assert proc.returncode != 0
+    assert "token.pixels or in config.tiktok.pixels, not both" in proc.stderr
+
+
 def test_existing_secret_is_mounted_instead(render: Render) -> None:
     manifests = render(CHART / "ci" / "hpa-values.yaml")
     pod = only(manifests, "Deployment")["spec"]["template"]["spec"]

@@ -71,8 +71,22 @@ TIKTOK_ACCESS_TOKEN_FILE names the mounted Secret file.
 */}}
 {{- define "tiktok-events.configFile" -}}
 {{- $config := deepCopy .Values.config }}
+{{- with .Values.token.pixels }}
+{{- $pixels := list }}
+{{- range . }}
+{{- $file := printf "%s/%s" (include "tiktok-events.pixelTokenDir" (list $ .name)) (.key | default "access-token") }}
+{{- $pixels = append $pixels (dict "name" .name "event_source_id" .eventSourceId "access_token_file" $file) }}
+{{- end }}
+{{- $_ := set $config.tiktok "pixels" $pixels }}
+{{- end }}
 {{- $_ := set $config "mappings" .Values.mappings }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/* Where a pixel's token Secret is mounted: beside the default token's directory. */}}
+{{- define "tiktok-events.pixelTokenDir" -}}
+{{- $root := index . 0 }}
+{{- printf "%s-pixels/%s" (trimSuffix "/" $root.Values.token.mountPath) (index . 1) }}
 {{- end }}
 
 {{- define "tiktok-events.metricsPort" -}}
@@ -93,6 +107,9 @@ Checks that a schema cannot express, run by every template that depends on them.
 {{- $grace := .Values.terminationGracePeriodSeconds | float64 }}
 {{- if lt $grace (addf $drain 15) }}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must be at least config.delivery.drain_timeout_s (%v) + 15: a stop drains for up to drain_timeout_s, then needs up to 15 s to commit, close the sender and leave the group; Kubernetes would kill the pod (SIGKILL) before it commits its offsets." $grace $drain) }}
+{{- end }}
+{{- if and .Values.token.pixels (.Values.config.tiktok | default dict).pixels }}
+{{- fail "give the pixels' tokens in token.pixels or in config.tiktok.pixels, not both: token.pixels mounts each Secret and writes config.tiktok.pixels itself" }}
 {{- end }}
 {{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled }}
 {{- fail "autoscaling.hpa.enabled and autoscaling.keda.enabled are both set: KEDA makes its own HorizontalPodAutoscaler, choose one" }}
