@@ -71,7 +71,7 @@ bench: install kafka-fetch
 	$(PY) bench/mapping.py
 	$(PY) bench/sandbox.py
 	$(PY) bench/sink.py
-	$(PY) bench/pipeline.py
+	$(PY) bench/e2e.py
 
 ## The TikTok-compatible sandbox on http://127.0.0.1:8080 (token: sandbox-token).
 sandbox: install
