@@ -84,7 +84,7 @@ def run(
             event = tiktok_event(f"bench-{n}", i, now)
             if i < bad_per_batch:
                 event["event_id"] = n  # a number: 40002, isolated by bisection
-            items.append(PendingEvent(n, MappedEvent("bench", "web", PIXEL, None, event)))
+            items.append(PendingEvent.of(n, MappedEvent.of("bench", "web", PIXEL, None, event)))
         return Batch(key, items)
 
     accepted = rejected = 0

@@ -13,15 +13,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import orjson
+
 from processor.mapping import MappedEvent
 from processor.payload import MAX_EVENTS_PER_REQUEST, BatchKey, batch_key
 
 
 class PendingEvent(NamedTuple):
-    """An event waiting for TikTok, with the handle that acknowledges it."""
+    """An event waiting for TikTok, with the handle that acknowledges it: its name,
+    the mapping that made it and its ``data[]`` entry as JSON. (No payload dict: what
+    waits for TikTok, up to ``delivery.max_buffered_events`` of it, is kept small and
+    out of the garbage collector's way.)"""
 
     ref: Any
-    event: MappedEvent
+    event: str
+    mapping: str
+    data: bytes
+
+    @classmethod
+    def of(cls, ref: Any, event: MappedEvent) -> PendingEvent:
+        return cls(ref, event.payload["event"], event.mapping, event.data)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The ``data[]`` entry, decoded (for diagnostics and tests)."""
+        payload: dict[str, Any] = orjson.loads(self.data)
+        return payload
 
 
 @dataclass(slots=True)
@@ -70,7 +87,7 @@ class Batcher:
         if batch is None:
             key = batch_key(event)
             batch = self._open[key] = Batch(key, [], now)
-        batch.items.append(PendingEvent(ref, event))
+        batch.items.append(PendingEvent(ref, event.payload["event"], event.mapping, event.data))
         self._buffered += 1
         if len(batch.items) >= self._max:
             del self._open[batch.key]

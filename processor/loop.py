@@ -304,7 +304,7 @@ class Processor:
                 if ledger.accepted(ticket):
                     latency.observe(max(0.0, now - ticket.timestamp))
             for item, reason in outcome.rejected:
-                rejections.reject(item.ref, Stage.API, reason, item.event.mapping)
+                rejections.reject(item.ref, Stage.API, reason, item.mapping)
         rejections.poll()
         self._metrics.buffered_events.set(self._outstanding_events)
         halted = self._sender.halted

@@ -104,7 +104,7 @@ class Metrics:
         self.requests = counter(
             "requests",
             "Requests to the Events API by classified outcome and code (the TikTok code, "
-            "http_NNN, timeout, network, invalid_body, encode_error or other).",
+            "http_NNN, timeout, network, invalid_body or other).",
             ("outcome", "code"),
         )
         self.retries = counter("retries", "Requests retried, by reason.", ("reason",))

@@ -75,7 +75,7 @@ class Classification:
     """One answer, classified.
 
     ``code`` is the bounded ``code`` metric label (``"40002"``, ``"http_503"``,
-    ``"timeout"``, ``"network"``, ``"invalid_body"``, ``"encode_error"``, ``"other"``);
+    ``"timeout"``, ``"network"``, ``"invalid_body"``, ``"other"``);
     ``reason`` says what happened for people and dead letters (``"40002 Invalid value
     for data[3].event_id: …"``, ``"HTTP 503"``). ``retry_after`` is the server's
     ``Retry-After`` in seconds, when it sent one with a retryable answer.

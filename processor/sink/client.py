@@ -1,11 +1,11 @@
 """One request to the Events API: :class:`TikTokClient`.
 
-Owns the wire: the endpoint check, the request body (``payload.request_body`` encoded
-with orjson), the ``Access-Token`` header, the per-request timeout, and the request
-metrics (``requests{outcome,code}``, ``request_duration``, ``batch_size``,
-``in_flight_requests``). Every answer, or exception, is turned into a
-:class:`~processor.sink.classify.Classification`; :meth:`TikTokClient.send` never
-raises for anything the network or TikTok does.
+Owns the wire: the endpoint check, the request body (``payload.encode_request``, from
+the events as they were encoded when mapped), the ``Access-Token`` header, the
+per-request timeout, and the request metrics (``requests{outcome,code}``,
+``request_duration``, ``batch_size``, ``in_flight_requests``). Every answer, or
+exception, is turned into a :class:`~processor.sink.classify.Classification`;
+:meth:`TikTokClient.send` never raises for anything the network or TikTok does.
 
 The token is revealed only into the header of the request being built and into the
 redaction of reasons: TikTok's message is redacted of it before it is shortened (in
@@ -21,15 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import httpx
-import orjson
 
 from processor.batching import PendingEvent
 from processor.config import Secret, TikTokConfig
 from processor.errors import ConfigError
 from processor.metrics import Metrics
-from processor.payload import BatchKey, request_body
-from processor.redact import redact, shorten
-from processor.sink.classify import MAX_MESSAGE_CHARS, Classification, Verdict, classify
+from processor.payload import BatchKey, encode_request
+from processor.redact import redact
+from processor.sink.classify import Classification, classify
 
 USER_AGENT = "tiktok-events-processor"
 
@@ -68,7 +67,7 @@ def default_transport(max_connections: int) -> httpx.AsyncHTTPTransport:
 
 def encode_body(key: BatchKey, items: Sequence[PendingEvent], partner_name: str | None) -> bytes:
     """The request body of one batch, ``data[i]`` being ``items[i]``."""
-    return orjson.dumps(request_body(key, (item.event.payload for item in items), partner_name))
+    return encode_request(key, [item.data for item in items], partner_name)
 
 
 class TikTokClient:
@@ -107,15 +106,7 @@ class TikTokClient:
     ) -> Classification:
         """POST ``items`` (one batch key) with ``token``; the classified answer."""
         secrets = (token.reveal(),)
-        try:
-            content = encode_body(key, items, self._partner_name)
-        except orjson.JSONEncodeError as exc:
-            # Never sendable as it is; bisection finds the event that cannot be encoded.
-            # orjson's message names a type or a limit, never a header; bounded all the same.
-            reason = shorten(
-                f"the event cannot be encoded as JSON: {exc}", MAX_MESSAGE_CHARS, secrets
-            )
-            return Classification(Verdict.BAD_PAYLOAD, "encode_error", reason)
+        content = encode_body(key, items, self._partner_name)
         headers = {"Access-Token": token.reveal(), "Content-Type": "application/json"}
         started = self._clock()
         self._metrics.in_flight_requests.inc()

@@ -572,7 +572,7 @@ class Sender:
         log.warning("%d event(s) rejected for good: %s", len(items), shorten(head, _LOGGED_REASON))
 
     def _count_sent(self, items: Sequence[PendingEvent], outcome: str) -> None:
-        for event, count in Counter(item.event.event for item in items).items():
+        for event, count in Counter(item.event for item in items).items():
             self._metrics.events_sent.labels(event, outcome).inc(count)
 
 
@@ -580,7 +580,7 @@ def _shows_token_accepted(result: Classification) -> bool:
     """Whether TikTok took the token to answer this: it judged the events (accepted them,
     or refused them for their content, which it checks after the token). A timeout, a
     5xx, a rate limit or a bare HTTP status may come before the token is looked at, or
-    from a proxy; an event that cannot be encoded is refused before any request."""
+    from a proxy."""
     return result.delivered or (
         result.verdict is Verdict.BAD_PAYLOAD and result.tiktok_code is not None
     )

@@ -148,7 +148,7 @@ def test_a_crm_lead_from_the_example_is_sent_by_the_sender_and_accepted(
     transformer = crm_transformer(tmp_path)
     result = transformer.transform("crm.leads", 0, 0, orjson.dumps(a_lead("chg-1")))
     (event,) = result.events
-    batch = Batch(batch_key(event), [PendingEvent(0, event)])
+    batch = Batch(batch_key(event), [PendingEvent.of(0, event)])
     config = TikTokConfig(
         PIXEL, AccessToken("TIKTOK_ACCESS_TOKEN", Secret(TOKEN), None), endpoint=sandbox.endpoint
     )

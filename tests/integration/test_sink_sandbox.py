@@ -56,12 +56,14 @@ def a_batch(
         event = an_event(f"{prefix}-{i}")
         if change is not None:
             change(i, event)
-        items.append(PendingEvent(i, MappedEvent("views", "web", PIXEL, test_event_code, event)))
+        items.append(
+            PendingEvent.of(i, MappedEvent.of("views", "web", PIXEL, test_event_code, event))
+        )
     return Batch(BatchKey("web", PIXEL, test_event_code), items)
 
 
 def ids_of(items: list[PendingEvent]) -> set[str]:
-    return {str(item.event.payload["event_id"]) for item in items}
+    return {str(item.payload["event_id"]) for item in items}
 
 
 @pytest.fixture
@@ -132,7 +134,7 @@ def test_batches_are_delivered_and_stored_as_sent(sandbox: Sandbox) -> None:
     assert stats["test_events"]["accepted"] == 10
     assert stored_ids(sandbox, "live") == ids_of(batches[0].items) | ids_of(batches[1].items)
     assert stored_ids(sandbox, "test") == ids_of(batches[2].items)
-    first = batches[0].items[0].event.payload
+    first = batches[0].items[0].payload
     [stored] = sandbox.events(event_id=first["event_id"])
     assert stored["event"] == first
     assert stored["pixel"] == PIXEL

@@ -49,7 +49,7 @@ def pending(i: int, *, bad: bool = False, event: str = "ViewContent") -> Pending
     payload: dict[str, Any] = {"event": event, "event_time": 1767225600, "event_id": f"e-{i}"}
     if bad:
         payload["bad"] = True  # the fake TikTok rejects requests carrying such an event
-    return PendingEvent(i, MappedEvent("views", "web", PIXEL, None, payload))
+    return PendingEvent.of(i, MappedEvent.of("views", "web", PIXEL, None, payload))
 
 
 def a_batch(refs: range | list[int], *, bad: frozenset[int] = frozenset()) -> Batch:

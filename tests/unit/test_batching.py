@@ -13,7 +13,7 @@ def event(
     pixel: str = "PIXEL000A", test: str | None = None, n: int = 0, source: str = "web"
 ) -> MappedEvent:
     payload = {"event": "ViewContent", "event_time": 1_767_225_600, "event_id": str(n)}
-    return MappedEvent("m", source, pixel, test, payload)
+    return MappedEvent.of("m", source, pixel, test, payload)
 
 
 def test_batch_closes_at_max_events() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
@@ -15,7 +16,7 @@ from processor.config import load_config
 from processor.errors import ConfigError, SchemaViolation
 from processor.mapping.coerce import SECTION_FIELDS
 from processor.mapping.compiler import LEGACY_EVENTS, RENAMED_EVENTS, STANDARD_EVENTS
-from processor.payload import BatchKey, batch_key, request_body
+from processor.payload import BatchKey, batch_key, encode_request, request_body
 from processor.sandbox.protocol import Code
 from processor.sandbox.validation import check_body, check_source
 from processor.schemas import (
@@ -446,3 +447,15 @@ def test_every_forbidden_field_is_a_field_of_the_event_schema() -> None:
 def test_every_mappable_user_field_is_in_the_output_schema() -> None:
     user = tiktok_request_schema()["definitions"]["user"]["properties"]
     assert set(SECTION_FIELDS["user"]) <= set(user)
+
+
+@pytest.mark.parametrize(("test_code", "partner"), [(None, None), ("TEST1", "Acme")])
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_body_from_encoded_events_is_the_body_of_their_payloads(
+    test_code: str | None, partner: str | None, count: int
+) -> None:
+    key = BatchKey("web", "D34FV3JC77U1PDQ72P1G", test_code)
+    events = [{"event": "Lead", "event_time": NOW, "event_id": f"e-{i}"} for i in range(count)]
+    encoded = encode_request(key, [orjson.dumps(e) for e in events], partner)
+    assert encoded == orjson.dumps(request_body(key, events, partner))
+    assert orjson.loads(encoded)["data"] == events

@@ -130,7 +130,7 @@ def offsets(batch: Batch) -> list[int]:
 
 
 def event_ids(batch: Batch) -> list[str]:
-    return [item.event.payload["event_id"] for item in batch.items]
+    return [item.payload["event_id"] for item in batch.items]
 
 
 # -- the harness ----------------------------------------------------------------------------

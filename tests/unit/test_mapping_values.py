@@ -148,6 +148,26 @@ def rejection(raw: bytes, mapping: CompiledMapping | None = None) -> str:
     return caught.value.reason
 
 
+def test_an_event_is_encoded_once_when_mapped() -> None:
+    event = id_mapping().map(orjson.loads(field("id", '"o-1"')), "orders-0-1")
+    assert orjson.loads(event.data) == event.payload
+
+
+def test_a_value_json_cannot_hold_is_a_mapping_rejection_naming_the_event() -> None:
+    # Decoded JSON never holds one (orjson reads a larger integer as a float), but a
+    # record is only a dict to the mapping: an integer past 64 bits cannot be sent.
+    config = load_config(EXAMPLE_CONFIG, environ={})
+    fields = {"event_time": "ts", "properties.value": "amount", "properties.currency": "currency"}
+    spec = MappingConfig(name="sums", topic="orders", event="Purchase", fields=fields)
+    (mapping,), _ = compile_mappings(dataclasses.replace(config, mappings=(spec,)))
+    record = {"ts": TIME, "amount": 2**70, "currency": "EUR"}
+    with pytest.raises(InvalidRecord) as caught:
+        mapping.map(record, "orders-0-1")
+    assert caught.value.stage == Stage.MAPPING
+    assert caught.value.mapping == "sums"
+    assert caught.value.reason.startswith("(event): cannot be encoded as JSON: ")
+
+
 def field(name: str, number: str) -> bytes:
     return b'{"ts": %d, "%s": %s}' % (TIME, name.encode(), number.encode())
 

@@ -71,7 +71,7 @@ def test_a_batch_is_posted_as_tiktok_expects_and_accepted() -> None:
         "event_source_id": PIXEL,
         "test_event_code": "TEST123",
         "partner_name": "AcmeRelay",
-        "data": [p.event.payload for p in batch.items],
+        "data": [p.payload for p in batch.items],
     }
     assert metrics.value("requests_total", {"outcome": "success", "code": "0"}) == 1
     assert metrics.value("events_sent_total", {"event": "ViewContent", "outcome": "accepted"}) == 3

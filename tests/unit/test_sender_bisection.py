@@ -10,17 +10,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from processor.batching import Batch
 from processor.metrics import Metrics
-from processor.payload import BatchKey
 from tests.unit.sinkkit import (
-    PIXEL,
     FakeTikTok,
     a_batch,
     accepted_refs,
     envelope,
     outcomes,
-    pending,
     rejected_refs,
     running,
     sent_events,
@@ -48,7 +44,7 @@ def test_bisection_delivers_the_good_events_and_rejects_exactly_the_bad(
     assert accepted_refs([done]) == sorted(set(range(100)) - bad)
     for item, reason in done.rejected:
         assert reason.startswith("40002 Invalid value for ")
-        assert item.event.payload["bad"] is True
+        assert item.payload["bad"] is True
     assert len(fake.requests) <= max_requests, fake.requests
     accepted_twice = [r for r in range(100) if sum(r in req for req in fake.requests) > 50]
     assert accepted_twice == []
@@ -73,17 +69,3 @@ def test_http_413_is_bisected_until_the_requests_fit() -> None:
         sender.submit(a_batch(range(100)))
         [done] = outcomes(sender, 1)
     assert accepted_refs([done]) == list(range(100))
-
-
-def test_an_event_that_cannot_be_encoded_is_rejected_without_a_request() -> None:
-    fake = FakeTikTok()
-    items = [pending(i) for i in range(4)]
-    items[2].event.payload["properties"] = {"odd": {1, 2}}  # a set is not JSON
-    with running(fake) as sender:
-        sender.submit(Batch(BatchKey("web", PIXEL, None), items))
-        [done] = outcomes(sender, 1)
-    assert accepted_refs([done]) == [0, 1, 3]
-    [(item, reason)] = done.rejected
-    assert item.ref == 2
-    assert reason.startswith("the event cannot be encoded as JSON")
-    assert all(2 not in r for r in fake.requests)

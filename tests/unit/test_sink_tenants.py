@@ -24,7 +24,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from processor.batching import Batch, PendingEvent
+from processor.batching import Batch
 from processor.config import AccessToken, PixelToken, Secret, TikTokConfig, load_config
 from processor.kafka.api import TopicPartition
 from processor.kafka.memory import MemorySource
@@ -126,7 +126,7 @@ def three_tenants(tmp_path: Path) -> TikTokConfig:
 
 
 def batch_for(pixel: str, refs: range) -> Batch:
-    items = [PendingEvent(i, pending(i).event._replace(event_source_id=pixel)) for i in refs]
+    items = [pending(i) for i in refs]
     return Batch(BatchKey("web", pixel, None), items)
 
 
