@@ -514,7 +514,21 @@ class Bench:
     def start_processor(self, name: str, config: Path, workers: int) -> tuple[Any, Path]:
         command = [sys.executable, "-m", "processor", "run", "--config", str(config)]
         command += ["--workers", str(workers), "--log-format", "text"]
-        return self.spawn(name, command)
+        process, log = self.spawn(name, command)
+        if self.args.profile:
+            self.profile(name, process.pid)
+        return process, log
+
+    def profile(self, name: str, pid: int) -> None:
+        """``py-spy record`` on ``pid`` and its workers until they exit: collapsed stacks
+        (one line a stack, its sample count last) in ``<profile>/<name>.txt``. Only
+        running threads are sampled, so the counts follow CPU time."""
+        out = Path(self.args.profile).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        py_spy = Path(sys.executable).with_name("py-spy")
+        command = [str(py_spy), "record", "--pid", str(pid), "--subprocesses", "--nonblocking"]
+        command += ["--rate", "250", "--format", "raw", "-o", str(out / f"{name}.txt")]
+        self.spawn(f"{name}-py-spy", command)
 
     def wait_for_events(
         self, stage: str, process: Any, log: Path, total: int, timeout: float
@@ -848,6 +862,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--outage-s", type=float, default=60.0)
     parser.add_argument("--steady-rate", type=int, default=5000, help="records/s")
     parser.add_argument("--steady-s", type=float, default=30.0)
+    parser.add_argument(
+        "--profile", metavar="DIR", help="sample each processor run with py-spy into DIR"
+    )
     args = parser.parse_args(argv)
     if args.records < 1 or args.repeat < 1 or args.outage_records < 1:
         parser.error("--records, --repeat and --outage-records must be at least 1")
