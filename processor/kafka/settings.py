@@ -16,6 +16,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from processor.config import KafkaConfig
 
+#: The consumer's pre-fetch queue, kB (``queued.max.messages.kbytes``; ``kafka.settings``
+#: may set another).
+PREFETCH_KBYTES: Final = 16_384
+
 
 def consumer_settings(
     kafka: KafkaConfig, *, extra: Mapping[str, Any] | None = None
@@ -30,6 +34,10 @@ def consumer_settings(
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "group.protocol": kafka.group_protocol,
+        # librdkafka pre-fetches up to 64 MB by default; at 16 MB a paused member that
+        # resumes still has several turns' worth of records queued, for a quarter of
+        # the memory (a pause drops the queue, so this is the peak after a resume).
+        "queued.max.messages.kbytes": PREFETCH_KBYTES,
     }
     if kafka.group_protocol == "classic":
         settings["partition.assignment.strategy"] = "cooperative-sticky"

@@ -600,3 +600,15 @@ def test_dead_letter_limits_out_of_range_are_named(
     assert "dead_letter.max_message_bytes:" in problems
     assert "dead_letter.headers.deny[0]:" in problems
     assert "delivery.stall_timeout_s:" in problems
+
+
+def test_the_consumer_prefetches_16_mb_unless_kafka_settings_say_otherwise(
+    example_raw: dict[str, Any], write_config: WriteConfig
+) -> None:
+    from processor.kafka.settings import PREFETCH_KBYTES, consumer_settings  # noqa: PLC0415
+
+    defaults = consumer_settings(load_config(write_config(example_raw), environ={}).kafka)
+    assert defaults["queued.max.messages.kbytes"] == PREFETCH_KBYTES == 16_384
+    example_raw["kafka"]["settings"] = {"queued.max.messages.kbytes": "65536"}
+    chosen = consumer_settings(load_config(write_config(example_raw), environ={}).kafka)
+    assert chosen["queued.max.messages.kbytes"] == "65536"
