@@ -9,8 +9,14 @@ thread each), for a few seconds per scenario:
 
 Every event has a unique event_id, so each is really validated, deduplicated and
 stored. Figures come from the sandbox's own counters; the sandbox's CPU use (from
-/proc) shows whether it or the client was the bottleneck. ``--json`` prints a JSON
-object as the last line.
+/proc) shows whether it or the client was the bottleneck, and gives its cost per event
+(CPU µs per accepted event) and so its capacity: the events per second one core of the
+sandbox could accept if the clients kept up (1e6 / CPU µs per event; the sandbox is one
+Python process, so about one core's worth). On a shared machine the events per second
+measured move with the load; the CPU per event is the steady figure. ``--json`` prints
+a JSON object as the last line, with the batch scenario's figures also at its top level
+(``batch_sandbox_cpu_us_per_event``, ``batch_capacity_events_per_core_s``,
+``batch_events_per_s``).
 
     .venv/bin/python bench/sandbox.py --clients 4 --seconds 3 --json
 """
@@ -91,12 +97,16 @@ def run(url: str, pid: int | None, *, events: int, clients: int, seconds: float)
     accepted = stats["events"]["accepted"]
     requests = stats["requests"]["by_code"].get("0", 0)
     latencies.sort()
-    server_cpu = per_cpu_s = None
+    server_cpu = per_cpu_s = cpu_us_per_event = capacity = None
     if cpu_before is not None and cpu_after is not None and cpu_after > cpu_before:
-        server_cpu = round((cpu_after - cpu_before) / elapsed, 2)
+        used = cpu_after - cpu_before
+        server_cpu = round(used / elapsed, 2)
         # The sandbox's ceiling: it is one Python process (one core's worth under the GIL),
         # so requests per CPU-second is what it could do if the clients kept up.
-        per_cpu_s = round(requests / (cpu_after - cpu_before), 1)
+        per_cpu_s = round(requests / used, 1)
+        if accepted:
+            cpu_us_per_event = round(used / accepted * 1e6, 2)
+            capacity = round(accepted / used)
     return {
         "events_per_request": events,
         "clients": clients,
@@ -111,6 +121,8 @@ def run(url: str, pid: int | None, *, events: int, clients: int, seconds: float)
         "failures": len(failures),
         "server_cpu_cores": server_cpu,
         "requests_per_server_cpu_s": per_cpu_s,
+        "sandbox_cpu_us_per_event": cpu_us_per_event,
+        "capacity_events_per_core_s": capacity,
     }
 
 
@@ -118,6 +130,12 @@ def ceiling(result: dict[str, Any], events: int) -> str:
     """What one sandbox core could take, from its CPU cost per request."""
     per_cpu_s = result["requests_per_server_cpu_s"]
     return "unknown" if per_cpu_s is None else f"~{per_cpu_s * events:,.0f}"
+
+
+def capacity(result: dict[str, Any]) -> str:
+    """Events per second one sandbox core could accept, from its CPU cost per event."""
+    events = result["capacity_events_per_core_s"]
+    return "unknown" if events is None else f"~{events:,.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{batch['failures']} failures; ceiling {ceiling(batch, 1000)} events/s)"
     )
     print(
+        f"                     sandbox CPU {batch['sandbox_cpu_us_per_event']} µs/event: "
+        f"capacity {capacity(batch)} events/s per core"
+    )
+    print(
         f"1-event requests:    {single['requests_per_s']:,.0f} requests/s "
         f"(p50 {single['latency_ms_p50']} ms, p99 {single['latency_ms_p99']} ms, "
         f"sandbox CPU {single['server_cpu_cores']} cores, {single['failures']} failures; "
@@ -156,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"({args.clients} keep-alive httpx clients, {args.seconds:g} s each, loopback)")
     if args.json:
-        print(orjson.dumps({"sandbox": results}).decode())
+        summary = {
+            "batch_sandbox_cpu_us_per_event": batch["sandbox_cpu_us_per_event"],
+            "batch_capacity_events_per_core_s": batch["capacity_events_per_core_s"],
+            "batch_events_per_s": batch["events_per_s"],
+        }
+        print(orjson.dumps({"sandbox": results, **summary}).decode())
     return 1 if batch["failures"] or single["failures"] else 0
 
 

@@ -10,8 +10,12 @@ judged::
     → batch size (40061) → hashed PII (40062) → event source's rules (40002)
     → schema (40002) → store, dedup → 0
 
-Decoding and schema validation run outside the lock so concurrent clients only queue
-for the bookkeeping. The server turns a :class:`Reply` into bytes on a socket.
+Decoding and schema validation run outside that lock so the counters and the control
+endpoints never wait for them. They run one request at a time under a lock of their own:
+both hold the GIL throughout (orjson and the compiled schema work on Python objects), so
+judging two bodies at once would only interleave them, a switch interval each, over each
+other's freshly decoded events, and cost more CPU for no gain. Reading the next body off
+its socket goes on meanwhile. The server turns a :class:`Reply` into bytes on a socket.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from threading import Condition
+from threading import Condition, Lock
 from typing import Any
 
 import orjson
@@ -31,7 +35,7 @@ from processor.sandbox.protocol import Code, RequestIds, default_message, envelo
 from processor.sandbox.store import EventStore, StoredEvent, bump
 from processor.sandbox.tokens import Grant, TokenLike, TokenRegistry
 from processor.sandbox.validation import check_body, refused_event
-from processor.schemas import Validator, tiktok_request_validator
+from processor.schemas import Validator, tiktok_request_predicate, tiktok_request_validator
 
 log = logging.getLogger("processor.sandbox")
 
@@ -108,6 +112,7 @@ class SandboxState:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._cond = Condition()
+        self._judging = Lock()
         self._tokens = TokenRegistry(tokens)
         self._pixels = None if pixels is None else frozenset(pixels)
         self._faults = FaultInjector(coerce_faults(faults), default_seed=seed)
@@ -115,6 +120,8 @@ class SandboxState:
         self._store = self._new_store()
         self._requests = _Requests()
         self._validate = validator or tiktok_request_validator()
+        # The yes/no test is only known to agree with the shipped schema's validator.
+        self._is_valid = tiktok_request_predicate() if validator is None else None
         self._ids = RequestIds()
         self._clock = clock
         self._sleep = sleep
@@ -167,7 +174,8 @@ class SandboxState:
         if code is not None or grant is None:
             return self._api(code or Code.TOKEN_INVALID, request_id)
         partial = decision.outcome is not None  # only 20001 gets this far
-        return self._accept(request, grant, request_id, partial=partial)
+        with self._judging:  # the decoded body is freed before the next one is made
+            return self._accept(request, grant, request_id, partial=partial)
 
     def _injected(self, decision: Decision, request_id: str) -> Reply | None:
         """The reply an injected fault or the rate limit forces, if any."""
@@ -210,7 +218,7 @@ class SandboxState:
         if isinstance(data, list):
             with self._cond:
                 self._store.received(len(data), test_code)
-        rejection = check_body(body, self._validate) or refused_event(
+        rejection = check_body(body, self._validate, self._is_valid) or refused_event(
             data, self._faults.config.reject
         )
         if rejection:
@@ -226,6 +234,7 @@ class SandboxState:
                 test_event_code=test_code,
                 request_id=request_id,
                 now=self._clock(),
+                body=request.body,
             )
         return self._api(Code.PARTIAL_OK if partial else Code.OK, request_id)
 

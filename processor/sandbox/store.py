@@ -6,15 +6,19 @@ Owns the event store. Like TikTok it deduplicates on (pixel, event, event_id) wi
 counted apart, as TikTok keeps it out of live data. Memory is bounded three ways:
 documents are kept for the last ``max_documents`` events only, dedup keys for the last
 ``max_keys`` (as 64-bit hashes), and label-like counters stop growing new keys past
-``MAX_COUNTER_KEYS``; the counts themselves stay exact. Not thread-safe: the sandbox
-calls it under its lock.
+``MAX_COUNTER_KEYS``; the counts themselves stay exact. (A request body kept whole in
+place of its documents stays until the last of them goes, so one request's body may
+outlast the documents bound.) Not thread-safe: the sandbox calls it under its lock.
 """
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice, repeat
 from typing import Any
 
 import orjson
@@ -35,6 +39,11 @@ MAX_COUNTER_KEYS = 10_000
 OTHER = "(other)"
 
 
+def consume(iterator: Iterable[Any]) -> None:
+    """Run ``iterator`` to its end, at C speed, keeping nothing."""
+    deque(iterator, maxlen=0)
+
+
 def bump(counter: Counter[str], key: str, n: int = 1) -> None:
     """``counter[key] += n`` without letting ``counter`` grow past ``MAX_COUNTER_KEYS``."""
     if key not in counter and len(counter) >= MAX_COUNTER_KEYS:
@@ -42,8 +51,22 @@ def bump(counter: Counter[str], key: str, n: int = 1) -> None:
     counter[key] += n
 
 
-#: A stored event as kept: the fields of :class:`StoredEvent`, in order.
-_Document = tuple[int, str, str, str | None, str | None, str, float, bytes, str]
+#: What every event one request stored shares: its pixel, test event code, request id,
+#: time of receipt and event source.
+_Request = tuple[str, str | None, str, float, str]
+
+#: The documents one request stored: the seq of the first, the request, each document's
+#: event name and event_id (parallel tuples, in the order received), then the documents:
+#: their JSON bytes, or the request body itself with the index in its ``data`` of the
+#: first (0 for a tuple of documents).
+_Chunk = tuple[
+    int, _Request, tuple[str, ...], tuple[str | None, ...], tuple[bytes, ...] | bytes, int
+]
+
+#: A request body is kept whole, in place of its events' documents, only when every event
+#: in it is stored and it takes at most this many bytes an event: whitespace and escapes
+#: cannot make a document cost more than that.
+MAX_BODY_BYTES_PER_DOCUMENT = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +140,18 @@ class EventCounts:
 
 
 class EventStore:
-    """Deduplicating store with exact counts and a bounded window of documents."""
+    """Deduplicating store with exact counts and a bounded window of documents.
+
+    What it keeps for long is held where the garbage collector has nothing to walk:
+    documents in one chunk a request (tuples of str and bytes, which the collector stops
+    tracking), dedup keys as ints in a dict (never tracked) with their first-seen order in
+    ``array`` batches. A million keys or documents then add nothing to a collection, and
+    each request of 1000 decoded events sets off several.
+
+    A request whose events are all stored keeps its body as it came (when :meth:`add` is
+    given it) rather than one serialised document an event: the same bytes, without
+    writing them again. :meth:`find` decodes such a body again to hand out its documents.
+    """
 
     def __init__(
         self,
@@ -128,11 +162,18 @@ class EventStore:
     ) -> None:
         if max_documents < 0 or max_keys < 1 or dedup_window_s < 0:
             raise ValueError("max_documents ≥ 0, max_keys ≥ 1 and dedup_window_s ≥ 0")
+        self._max_documents = max_documents
         self._max_keys = max_keys
         self._window = dedup_window_s
-        self._documents: deque[_Document] = deque(maxlen=max_documents)
-        self._seen: set[int] = set()
-        self._seen_order: deque[tuple[float, int]] = deque()
+        #: One chunk per request that stored documents, oldest first.
+        self._chunks: deque[_Chunk] = deque()
+        self._documents = 0
+        #: Dedup keys (64-bit hashes): a dict for membership only, its values unused.
+        self._seen: dict[int, None] = {}
+        #: The same keys in the order first seen: one (time, keys) batch per request.
+        self._key_batches: deque[tuple[float, array[int]]] = deque()
+        #: How many keys at the head of the oldest batch are already forgotten.
+        self._key_first = 0
         self._seq = 0
         self.live = EventCounts()
         self.test = EventCounts()
@@ -151,19 +192,80 @@ class EventStore:
         request_id: str,
         now: float,
         event_source: str = "web",
+        body: bytes | None = None,
     ) -> tuple[int, int]:
         """Store a validated request's events. Returns (accepted, duplicates).
-        ``pixel`` is the request's ``event_source_id``."""
-        # The per-event loop is the sandbox's hot path (1000 events a request): locals, plain
-        # tuples for documents (a frozen dataclass costs ~1 µs more each), no calls per event
-        # beyond hashing and serialising.
+        ``pixel`` is the request's ``event_source_id``; ``body``, when given, is the JSON
+        request body whose ``data`` the events are (decoded, unchanged)."""
         counts = self.test if test_event_code is not None else self.live
-        seen, order, max_keys = self._seen, self._seen_order, self._max_keys
         self._forget_before(now - self._window)
-        append, dumps, by_event = self._documents.append, orjson.dumps, counts.by_event
-        old_before, future_after = now - MATCH_WINDOW_S, now + FUTURE_SKEW_S
-        accepted = duplicates = old = future = 0
-        seq = self._seq
+        batch = events if isinstance(events, list) else list(events)
+        fresh = self._all_fresh(batch, test_event_code, pixel, now)
+        if fresh is not None:
+            kept, (names, ids), duplicates = batch, fresh, 0
+            times = [event["event_time"] for event in batch]
+        else:
+            kept, names, ids, times, duplicates = self._deduplicate(
+                batch, test_event_code, pixel, now
+            )
+        accepted = len(kept)
+        request = (pixel, test_event_code, request_id, now, event_source)
+        whole = body if not duplicates else None
+        self._keep_documents(kept, names, ids, request, whole)
+        self._seq += accepted
+        counts.accepted += accepted
+        counts.duplicates += duplicates
+        if accepted:
+            self._count_accepted(counts, names, times, now)
+            bump(counts.by_pixel, pixel, accepted)
+            bump(counts.by_source, event_source, accepted)
+        if test_event_code is not None:
+            self._count_test_code(test_event_code, accepted, duplicates)
+        return accepted, duplicates
+
+    def _all_fresh(
+        self, events: list[dict[str, Any]], test_event_code: str | None, pixel: str, now: float
+    ) -> tuple[list[str], list[str | None]] | None:
+        """The events' names and event_ids when every event has an event_id seen neither
+        before nor earlier in ``events``, and there are no more events than the store keeps
+        keys; their keys are then remembered as first seen ``now``. None, and nothing
+        remembered, otherwise.
+
+        The common request, judged in a few passes at C speed rather than event by event:
+        with no duplicate in it, forgetting the oldest keys before remembering the new ones
+        ends where forgetting one before each new key would."""
+        names: list[str] = [event["event"] for event in events]
+        ids: list[str | None] = [event.get("event_id") for event in events]
+        if not events or None in ids or len(events) > self._max_keys:
+            return None
+        keys = list(map(hash, zip(repeat(test_event_code), repeat(pixel), names, ids)))
+        new = dict.fromkeys(keys)
+        seen = self._seen
+        if len(new) != len(keys) or not seen.keys().isdisjoint(new):
+            return None
+        self._forget_oldest_keys(len(keys) - (self._max_keys - len(seen)))
+        seen.update(new)
+        self._key_batches.append((now, array("q", keys)))
+        return names, ids
+
+    def _deduplicate(
+        self, events: list[dict[str, Any]], test_event_code: str | None, pixel: str, now: float
+    ) -> tuple[list[dict[str, Any]], list[str], list[str | None], list[Any], int]:
+        """The events not seen before, with their names, event_ids and event_times, and
+        how many were duplicates. Their keys are remembered as first seen ``now``."""
+        # Event by event, for the requests :meth:`_all_fresh` leaves (duplicates, events
+        # without an event_id): locals, bound methods, no call per event beyond hashing.
+        seen = self._seen
+        keys: array[int] = array("q")
+        self._key_batches.append((now, keys))
+        remember = keys.append
+        room = self._max_keys - len(seen)
+        kept: list[dict[str, Any]] = []
+        names: list[str] = []
+        ids: list[str | None] = []
+        times: list[Any] = []
+        keep, name_of, id_of, time_of = kept.append, names.append, ids.append, times.append
+        duplicates = 0
         for event in events:
             name: str = event["event"]
             event_id: str | None = event.get("event_id")
@@ -174,51 +276,119 @@ class EventStore:
                 if key in seen:
                     duplicates += 1
                     continue
-                if len(order) >= max_keys:
-                    seen.discard(order.popleft()[1])
-                seen.add(key)
-                order.append((now, key))
-            accepted += 1
-            seq += 1
-            append(
-                (
-                    seq,
-                    pixel,
-                    name,
-                    event_id,
-                    test_event_code,
-                    request_id,
-                    now,
-                    dumps(event),
-                    event_source,
-                )
-            )
-            if name in by_event:
-                by_event[name] += 1
+                if room:
+                    room -= 1
+                else:
+                    self._forget_oldest_key()
+                seen[key] = None
+                remember(key)
+            keep(event)
+            name_of(name)
+            id_of(event_id)
+            time_of(event["event_time"])
+        if not keys:
+            self._key_batches.pop()
+        return kept, names, ids, times, duplicates
+
+    def _keep_documents(
+        self,
+        kept: list[dict[str, Any]],
+        names: list[str],
+        ids: list[str | None],
+        request: _Request,
+        body: bytes | None,
+    ) -> None:
+        """Keep the documents of the last ``max_documents`` of the accepted ``kept``
+        (numbered on from the store's last seq), dropping the oldest beyond the bound.
+        ``body`` is the request body when ``kept`` is the whole of its ``data``."""
+        count = len(kept)
+        skip = max(0, count - self._max_documents)
+        if skip == count:
+            return  # the bound is 0, or nothing was accepted
+        documents: tuple[bytes, ...] | bytes
+        if body is not None and not skip and len(body) <= count * MAX_BODY_BYTES_PER_DOCUMENT:
+            documents = body
+        else:
+            documents = tuple(map(orjson.dumps, kept[skip:]))
+        chunks = self._chunks
+        first_seq = self._seq + 1 + skip
+        chunks.append((first_seq, request, tuple(names[skip:]), tuple(ids[skip:]), documents, 0))
+        self._documents += count - skip
+        excess = self._documents - self._max_documents
+        while excess > 0:
+            seq, oldest, old_names, old_ids, old_documents, first = chunks[0]
+            held = len(old_names)
+            if held <= excess:
+                chunks.popleft()
             else:
-                bump(by_event, name)
-            event_time = event["event_time"]
-            if event_time < old_before:
-                old += 1
-            elif event_time > future_after:
-                future += 1
-        self._seq = seq
-        counts.accepted += accepted
-        counts.duplicates += duplicates
-        counts.old += old
-        counts.future += future
-        if accepted:
-            bump(counts.by_pixel, pixel, accepted)
-            bump(counts.by_source, event_source, accepted)
-        if test_event_code is not None:
-            self._count_test_code(test_event_code, accepted, duplicates)
-        return accepted, duplicates
+                held = excess
+                if isinstance(old_documents, bytes):
+                    first += held
+                else:
+                    old_documents = old_documents[held:]
+                chunks[0] = (
+                    seq + held,
+                    oldest,
+                    old_names[held:],
+                    old_ids[held:],
+                    old_documents,
+                    first,
+                )
+            self._documents -= held
+            excess -= held
+
+    def _count_accepted(
+        self, counts: EventCounts, names: list[str], times: list[Any], now: float
+    ) -> None:
+        """Count accepted events by name, and those too old to match or from the future."""
+        by_event = counts.by_event
+        first = names[0]
+        tally = {first: len(names)} if names.count(first) == len(names) else Counter(names)
+        for name, n in tally.items():  # first-seen order, as one by one would
+            if name in by_event:
+                by_event[name] += n
+            else:
+                bump(by_event, name, n)
+        old_before, future_after = now - MATCH_WINDOW_S, now + FUTURE_SKEW_S
+        if min(times) < old_before or max(times) > future_after:
+            ordered = sorted(times)
+            counts.old += bisect_left(ordered, old_before)
+            counts.future += len(ordered) - bisect_right(ordered, future_after)
+
+    def _forget_oldest_keys(self, count: int) -> None:
+        """Forget the ``count`` dedup keys seen first (the store holds at least as many)."""
+        batches, seen = self._key_batches, self._seen
+        while count > 0:
+            keys = batches[0][1]
+            first = self._key_first
+            end = min(len(keys), first + count)
+            consume(map(seen.__delitem__, keys[first:end]))
+            count -= end - first
+            if end == len(keys):
+                batches.popleft()
+                self._key_first = 0
+            else:
+                self._key_first = end
+
+    def _forget_oldest_key(self) -> None:
+        """Forget the dedup key seen first (the store holds at least one)."""
+        batches = self._key_batches
+        keys = batches[0][1]
+        while self._key_first >= len(keys):  # a batch whose keys are all forgotten
+            batches.popleft()
+            self._key_first = 0
+            keys = batches[0][1]
+        del self._seen[keys[self._key_first]]
+        self._key_first += 1
 
     def _forget_before(self, horizon: float) -> None:
         """Drop dedup keys first seen before ``horizon`` (TikTok's 48-hour window)."""
-        order, seen = self._seen_order, self._seen
-        while order and order[0][0] < horizon:
-            seen.discard(order.popleft()[1])
+        batches, seen = self._key_batches, self._seen
+        while batches and batches[0][0] < horizon:
+            keys = batches.popleft()[1]
+            for key in islice(keys, self._key_first, None):
+                del seen[key]
+            self._key_first = 0
 
     def _count_test_code(self, code: str, accepted: int, duplicates: int) -> None:
         if code not in self.test_by_code and len(self.test_by_code) >= MAX_COUNTER_KEYS:
@@ -240,19 +410,30 @@ class EventStore:
         """The latest ``limit`` stored events matching every filter given, oldest first.
         ``scope`` is ``all``, ``live`` or ``test``."""
         matches: list[StoredEvent] = []
-        for document in reversed(self._documents):
+        for seq, request, names, ids, documents, first in reversed(self._chunks):
+            stored_pixel, code, *_ = request
+            if (
+                (pixel is not None and stored_pixel != pixel)
+                or (test_event_code is not None and code != test_event_code)
+                or (scope == "live" and code is not None)
+                or (scope == "test" and code is None)
+            ):
+                continue
+            data: list[Any] | None = None  # a kept body, decoded once it is needed
+            for index in range(len(names) - 1, -1, -1):
+                if len(matches) >= limit:
+                    break
+                name, stored_id = names[index], ids[index]
+                if (event is None or name == event) and (event_id is None or stored_id == event_id):
+                    if isinstance(documents, bytes):
+                        if data is None:
+                            data = orjson.loads(documents)["data"]
+                        document = orjson.dumps(data[first + index])
+                    else:
+                        document = documents[index]
+                    matches.append(_stored(seq + index, request, name, stored_id, document))
             if len(matches) >= limit:
                 break
-            _, stored_pixel, name, stored_id, code, *_ = document
-            if (
-                (event is None or name == event)
-                and (pixel is None or stored_pixel == pixel)
-                and (event_id is None or stored_id == event_id)
-                and (test_event_code is None or code == test_event_code)
-                and (scope != "live" or code is None)
-                and (scope != "test" or code is not None)
-            ):
-                matches.append(StoredEvent(*document))
         matches.reverse()
         return matches
 
@@ -263,9 +444,18 @@ class EventStore:
             "events": self.live.to_json(),
             "test_events": test,
             "stored": {
-                "documents": len(self._documents),
-                "max_documents": self._documents.maxlen,
+                "documents": self._documents,
+                "max_documents": self._max_documents,
                 "dedup_keys": len(self._seen),
                 "max_dedup_keys": self._max_keys,
             },
         }
+
+
+def _stored(
+    seq: int, request: _Request, name: str, event_id: str | None, document: bytes
+) -> StoredEvent:
+    pixel, test_event_code, request_id, received_at, event_source = request
+    return StoredEvent(
+        seq, pixel, name, event_id, test_event_code, request_id, received_at, document, event_source
+    )

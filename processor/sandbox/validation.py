@@ -9,6 +9,12 @@ The source's rules (``lead`` only for crm, ``page`` and ``user.ttp`` only for we
 app device ids only for app, standard names only offline, custom ones only for crm)
 are in the schema too; checked first, they are answered in words rather than as the
 schema's "False schema does not allow". One bad event rejects the request.
+
+Every one of those checks is also a rule of the request schema (the batch size is its
+``minItems``/``maxItems``, a digest its ``sha256`` pattern, the source rules its
+``<source>_event`` definitions), so a body the whole schema accepts passes them all: one
+call of the compiled schema's yes/no test answers a good body, and only a body it refuses
+is walked check by check, in the order above, for its code and message.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 
 from processor.errors import SchemaViolation
 from processor.sandbox.protocol import MAX_BATCH_EVENTS, Code
-from processor.schemas import MASK, Validator, source_rules
+from processor.schemas import MASK, Predicate, Validator, source_rules
 
 #: User fields TikTok wants as SHA-256 of the normalised value.
 HASHED_USER_FIELDS = ("email", "phone", "external_id")
@@ -115,8 +121,16 @@ def schema_message(violation: SchemaViolation) -> str:
     return f"Invalid value for {violation.path or 'request'}: {detail}"
 
 
-def check_body(body: dict[str, Any], validator: Validator) -> Rejection | None:
-    """Judge a decoded request object; None means every event may be stored."""
+def check_body(
+    body: dict[str, Any], validator: Validator, is_valid: Predicate | None = None
+) -> Rejection | None:
+    """Judge a decoded request object; None means every event may be stored.
+
+    ``is_valid``, when given, must accept exactly what ``validator`` accepts (the same
+    schema): a body it accepts is answered None at once.
+    """
+    if is_valid is not None and is_valid(body):
+        return None
     data = body.get("data")
     rejection = check_batch_size(data)
     if rejection:
