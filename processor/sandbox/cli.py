@@ -8,16 +8,14 @@ and 1 when the address cannot be bound, with a one-line reason.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import FrameType
 
+from processor.collector import collector_for_serving
 from processor.errors import ConfigError
 from processor.sandbox.faults import FaultConfig
 from processor.sandbox.server import Sandbox
@@ -115,31 +113,3 @@ def main(argv: list[str] | None = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
-
-
-#: Allocations between two young-generation collections while serving (the default is 700).
-GC_THRESHOLD = 20_000
-
-
-@contextmanager
-def collector_for_serving() -> Iterator[None]:
-    """Tune the garbage collector for serving; afterwards restore its thresholds, and
-    unfreeze what it froze unless objects were frozen already.
-
-    A request of 1000 events decodes into some 10,000 containers, all freed by reference
-    counting once it is answered. Collecting every 700 allocations walks each of them
-    about twice while it is alive and promotes it, and the full collections that follow
-    walk everything the process built at start-up. So the start-up objects are frozen
-    (they live as long as the process) and young collections come every 20,000
-    allocations.
-    """
-    threshold = gc.get_threshold()
-    frozen_before = gc.get_freeze_count()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        if not frozen_before:
-            gc.unfreeze()

@@ -9,7 +9,6 @@ alone (serving its own ``/metrics``, ``/healthz`` and ``/readyz``) or as one wor
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import FrameType
 
+from processor.collector import collector_for_serving
 from processor.config import Config
 from processor.dlq import DeadLetterWriter
 from processor.errors import ConfigError
@@ -184,10 +184,9 @@ def run_worker(
             "endpoint": config.tiktok.endpoint,
         },
     )
-    # Everything built so far lives as long as the process: keep it out of the GC's way.
-    gc.freeze()
     try:
-        status = member.run()
+        with collector_for_serving(young_threshold=None):  # see processor.collector
+            status = member.run()
     finally:
         for part in (progress, heartbeat, server):
             if part is not None:

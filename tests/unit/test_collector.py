@@ -1,10 +1,10 @@
-"""The sandbox CLI's process settings, without serving."""
+"""The garbage collector's settings while ``run`` or the sandbox serves."""
 
 from __future__ import annotations
 
 import gc
 
-from processor.sandbox.cli import GC_THRESHOLD, collector_for_serving
+from processor.collector import GC_THRESHOLD, collector_for_serving
 
 
 def test_serving_tunes_the_collector_and_puts_it_back() -> None:
@@ -16,3 +16,10 @@ def test_serving_tunes_the_collector_and_puts_it_back() -> None:
         assert gc.isenabled()
     assert gc.get_threshold() == threshold
     assert frozen or gc.get_freeze_count() == 0  # what it froze is unfrozen
+
+
+def test_run_keeps_the_young_generation_threshold() -> None:
+    threshold = gc.get_threshold()
+    with collector_for_serving(young_threshold=None):
+        assert gc.get_threshold() == threshold
+    assert gc.get_threshold() == threshold
