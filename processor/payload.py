@@ -50,5 +50,12 @@ def request_body(
 def encode_request(key: BatchKey, data: Sequence[bytes], partner_name: str | None = None) -> bytes:
     """:func:`request_body` as JSON, from ``data[]`` entries encoded already (each
     :attr:`MappedEvent.data`): the bytes ``orjson.dumps(request_body(...))`` gives."""
-    head = orjson.dumps(request_body(key, (), partner_name))  # … "data":[]}
-    return b"".join((head[:-2], b",".join(data), b"]}"))
+    head = orjson.dumps(request_body(key, (), partner_name))[:-2]  # … "data":[
+    if not data:
+        return head + b"]}"
+    # One copy of the events (a body holds up to 1,000): the head and the tail join the
+    # first and the last event, then everything is joined once.
+    parts = list(data)
+    parts[0] = head + parts[0]
+    parts[-1] += b"]}"
+    return b",".join(parts)

@@ -450,7 +450,7 @@ def test_every_mappable_user_field_is_in_the_output_schema() -> None:
 
 
 @pytest.mark.parametrize(("test_code", "partner"), [(None, None), ("TEST1", "Acme")])
-@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("count", [0, 1, 2, 3])
 def test_a_body_from_encoded_events_is_the_body_of_their_payloads(
     test_code: str | None, partner: str | None, count: int
 ) -> None:
