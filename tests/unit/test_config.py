@@ -602,13 +602,19 @@ def test_dead_letter_limits_out_of_range_are_named(
     assert "delivery.stall_timeout_s:" in problems
 
 
-def test_the_consumer_prefetches_16_mb_unless_kafka_settings_say_otherwise(
+def test_the_consumer_prefetches_16_mb_in_8_mb_fetches_unless_kafka_settings_say_otherwise(
     example_raw: dict[str, Any], write_config: WriteConfig
 ) -> None:
-    from processor.kafka.settings import PREFETCH_KBYTES, consumer_settings  # noqa: PLC0415
+    from processor.kafka.settings import (  # noqa: PLC0415
+        FETCH_MAX_BYTES,
+        PREFETCH_KBYTES,
+        consumer_settings,
+    )
 
     defaults = consumer_settings(load_config(write_config(example_raw), environ={}).kafka)
     assert defaults["queued.max.messages.kbytes"] == PREFETCH_KBYTES == 16_384
-    example_raw["kafka"]["settings"] = {"queued.max.messages.kbytes": "65536"}
+    assert defaults["fetch.max.bytes"] == FETCH_MAX_BYTES == 8_388_608
+    settings = {"queued.max.messages.kbytes": "65536", "fetch.max.bytes": "52428800"}
+    example_raw["kafka"]["settings"] = settings
     chosen = consumer_settings(load_config(write_config(example_raw), environ={}).kafka)
-    assert chosen["queued.max.messages.kbytes"] == "65536"
+    assert {name: chosen[name] for name in settings} == settings
