@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
-from processor.batching import Batcher
+from processor.batching import Batcher, PendingEvent
 from processor.mapping import MappedEvent
 from processor.payload import BatchKey
 
@@ -83,3 +85,25 @@ def test_invalid_settings() -> None:
         Batcher(max_events=1001)
     with pytest.raises(ValueError, match="linger"):
         Batcher(linger_s=-1)
+
+
+def test_a_buffered_event_holds_its_json_and_not_much_more() -> None:
+    # What waits for TikTok is bytes: no payload dict, and no encoder's working buffer
+    # (orjson's own result keeps 4 kB allocated for any event).
+    events = [event(n=n) for n in range(200)]
+    b = Batcher(max_events=1000, linger_s=10)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [MappedEvent.of("m", "web", "PIXEL000A", None, dict(e.payload)) for e in events]
+        for i, e in enumerate(kept):
+            b.add(i, e, 0.0)
+        del kept, e
+        per_event = (tracemalloc.get_traced_memory()[0] - before) / len(events)
+    finally:
+        tracemalloc.stop()
+    size = len(events[0].data)
+    assert size < per_event < size + 400, per_event
+    [batch] = b.flush()
+    assert all(item.__class__ is PendingEvent for item in batch.items)
+    assert batch.items[0].payload == events[0].payload
