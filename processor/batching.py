@@ -87,7 +87,7 @@ class Batcher:
         if batch is None:
             key = batch_key(event)
             batch = self._open[key] = Batch(key, [], now)
-        batch.items.append(PendingEvent(ref, event.payload["event"], event.mapping, event.data))
+        batch.items.append(PendingEvent.of(ref, event))
         self._buffered += 1
         if len(batch.items) >= self._max:
             del self._open[batch.key]
