@@ -495,8 +495,10 @@ def test_held_events_count_in_the_buffer_and_a_full_buffer_pauses_every_pixel(
             assert processor.turn()
         assert source.committed.get(TP0) is None  # paused: page views wait their turn
 
-        (tmp_path / "shop-b-token").write_text(TOKEN_A_NEW)
+        # Granted before it is written: the sender may try the new token the moment the
+        # file holds it, and a refusal then would rightly keep shop-b halted.
         gate.grant(TOKEN_A_NEW, PIXEL_B)
+        (tmp_path / "shop-b-token").write_text(TOKEN_A_NEW)
         turn_until(processor, lambda: not source.paused)
         turn_until(
             processor,
