@@ -29,10 +29,12 @@ class PendingEvent(NamedTuple):
     event: str
     mapping: str
     data: bytes
+    #: Its match keys (:mod:`processor.matchkeys`), counted once TikTok accepts it.
+    match_keys: int = 0
 
     @classmethod
     def of(cls, ref: Any, event: MappedEvent) -> PendingEvent:
-        return cls(ref, event.payload["event"], event.mapping, event.data)
+        return cls(ref, event.payload["event"], event.mapping, event.data, event.match_keys)
 
     @property
     def payload(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +21,9 @@ import orjson
 
 from processor import __version__
 from processor.config import Config, one_line
-from processor.errors import ConfigError, ProcessorError
+from processor.errors import ConfigError, KafkaClientError, ProcessorError
 from processor.mapping.values import describe
+from processor.matchkeys import MatchSummary, key_names
 from processor.preview import preview
 from processor.transform import Transformer, load_pipeline
 
@@ -108,19 +110,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_preview(args: argparse.Namespace) -> int:
-    config, transformer, warnings = _load(args.config, now=args.now)
+def _load_for_topic(
+    path: str, topic: str, *, now: float | None = None
+) -> tuple[Config, Transformer | None]:
+    """The configuration and its transformer (None, with the error printed, when no
+    mapping reads ``topic``); the warnings printed."""
+    config, transformer, warnings = _load(path, now=now)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if args.topic not in transformer.topics:
+    if topic not in transformer.topics:
         known = ", ".join(transformer.topics)
-        print(
-            f"error: no mapping reads topic {args.topic!r} (mapped topics: {known})",
-            file=sys.stderr,
-        )
+        print(f"error: no mapping reads topic {topic!r} (mapped topics: {known})", file=sys.stderr)
+        return config, None
+    return config, transformer
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    config, transformer = _load_for_topic(args.config, args.topic, now=args.now)
+    if transformer is None:
         return EXIT_ERROR
     data = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
+    summary = MatchSummary()
     for line in preview(transformer, args.topic, data, config.tiktok.partner_name):
+        if line.body is not None:
+            for event, keys in zip(line.body["data"], line.match_keys, strict=True):
+                summary.add(event["event"], keys)
         if args.json:
             sys.stdout.write(orjson.dumps(line.as_json()).decode() + "\n")
             continue
@@ -129,6 +143,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
             events = ", ".join(e["event"] for e in line.body["data"])
             via = ", ".join(line.mappings)
             print(f"line {line.line}: {events} via {via} → POST {config.tiktok.endpoint}")
+            for event, keys in zip(line.body["data"], line.match_keys, strict=True):
+                print(f"  match keys of {event['event']}: {_key_list(keys)}")
             for field, reason in line.dropped:
                 print(f"  dropped: {field} ({reason})")
             print(orjson.dumps(line.body, option=orjson.OPT_INDENT_2).decode())
@@ -137,7 +153,64 @@ def cmd_preview(args: argparse.Namespace) -> int:
         else:
             via = f" by {line.mappings[0]}" if line.mappings else ""
             print(f"line {line.line}: rejected{via} at {line.stage}: {line.reason}")
+    if not args.json:
+        _print_match_summary(summary, sys.stdout)
     return EXIT_OK
+
+
+def cmd_match_report(args: argparse.Namespace) -> int:
+    from processor.kafka.sampler import newest_records  # noqa: PLC0415 - see cmd_run
+
+    config, transformer = _load_for_topic(args.config, args.topic)
+    if transformer is None:
+        return EXIT_ERROR
+    try:
+        records = newest_records(config.kafka, args.topic, args.count, args.timeout)
+    except KafkaClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    summary = MatchSummary()
+    filtered = 0
+    rejected: Counter[str] = Counter()
+    for record in records:
+        result = transformer.transform(record.topic, record.partition, record.offset, record.value)
+        filtered += result.filtered
+        for event in result.events:
+            summary.add(event.event, event.match_keys)
+        rejected.update(str(r.stage) for r in result.rejected)
+    if args.json:
+        report = {
+            "topic": args.topic,
+            "records": len(records),
+            "filtered": filtered,
+            "rejected": dict(rejected),
+            "events": summary.events,
+            "match_keys": summary.as_json(),
+        }
+        print(orjson.dumps(report).decode())
+        return EXIT_OK
+    stages = ", ".join(f"{stage} {n:,}" for stage, n in rejected.most_common())
+    print(
+        f"{args.topic}: the newest {len(records):,} records: {summary.events:,} events, "
+        f"{filtered:,} filtered, {sum(rejected.values()):,} rejected"
+        + (f" ({stages})" if stages else "")
+    )
+    _print_match_summary(summary, sys.stdout)
+    return EXIT_OK
+
+
+def _key_list(keys: int) -> str:
+    return ", ".join(key_names(keys)) or "none (TikTok cannot attribute this event)"
+
+
+def _print_match_summary(summary: MatchSummary, out: TextIO) -> None:
+    if not summary.events:
+        print("match keys: no events", file=out)
+        return
+    events = summary.events
+    print(f"match keys over {events:,} event{'s' if events != 1 else ''}:", file=out)
+    for line in summary.lines():
+        print(f"  {line}", file=out)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -309,6 +382,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--json", action="store_true", help="print the summary as JSON")
     sample.set_defaults(func=cmd_produce_sample)
+
+    report = sub.add_parser(
+        "match-report",
+        help="which match keys a live topic's newest records would give TikTok (commits nothing)",
+    )
+    report.add_argument("--config", required=True, help="the YAML configuration file")
+    report.add_argument("--topic", required=True, help="the topic to read")
+    report.add_argument(
+        "--count", type=_positive, default=1000, help="newest records to read (default 1000)"
+    )
+    report.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to read them in (default 30)"
+    )
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.set_defaults(func=cmd_match_report)
 
     # Listed for --help; main() hands `sandbox …` to the sandbox's own parser.
     sub.add_parser("sandbox", help="run the TikTok-compatible sandbox server (sandbox --help)")

@@ -101,6 +101,12 @@ class Metrics:
             "Events whose delivery finished: accepted by TikTok, or rejected as bad payload.",
             ("event", "outcome"),
         )
+        self.match_keys = counter(
+            "match_keys",
+            "Events accepted by TikTok with each match key (email, phone, external_id, "
+            "ttclid, ttp, ip_user_agent; none: no key at all), by pixel, event and key.",
+            ("pixel", "event", "key"),
+        )
         self.requests = counter(
             "requests",
             "Requests to the Events API by classified outcome and code (the TikTok code, "

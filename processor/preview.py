@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from processor.matchkeys import key_names
 from processor.payload import BatchKey, batch_key, request_body
 from processor.transform import Transformer
 
@@ -29,6 +30,8 @@ class PreviewLine:
     reason: str | None = None
     #: (field, reason) of each value left out of the events of a mapped line.
     dropped: tuple[tuple[str, str], ...] = ()
+    #: The match keys of each event of a mapped line's body, in its order.
+    match_keys: tuple[int, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"line": self.line, "outcome": self.outcome}
@@ -42,6 +45,8 @@ class PreviewLine:
             out["reason"] = self.reason
         if self.dropped:
             out["dropped"] = [{"field": f, "reason": r} for f, r in self.dropped]
+        if self.body is not None:
+            out["match_keys"] = [list(key_names(keys)) for keys in self.match_keys]
         return out
 
 
@@ -90,7 +95,10 @@ def preview(
             body = request_body(key, (e.payload for e in events), partner_name)
             names = tuple(e.mapping for e in events)
             dropped = tuple(d for e in events for d in e.dropped)
-            yield PreviewLine(number, "mapped", body=body, mappings=names, dropped=dropped)
+            keys = tuple(e.match_keys for e in events)
+            yield PreviewLine(
+                number, "mapped", body=body, mappings=names, dropped=dropped, match_keys=keys
+            )
         for rejection in result.rejected:
             yield PreviewLine(
                 number,

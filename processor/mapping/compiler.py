@@ -33,6 +33,7 @@ from processor.mapping.coerce import (
 from processor.mapping.paths import Getter, PathError, compile_path, parse_path
 from processor.mapping.rules import Predicate, compile_rule
 from processor.mapping.values import compile_value, describe, is_present
+from processor.matchkeys import match_keys
 from processor.types import Stage
 
 #: TikTok's web standard events (2025).
@@ -80,6 +81,8 @@ class MappedEvent(NamedTuple):
     #: (field, reason) of each customer-information value left out (see
     #: ``on_invalid_identifier``).
     dropped: tuple[tuple[str, str], ...] = ()
+    #: The match keys of its ``user`` object (:func:`processor.matchkeys.match_keys`).
+    match_keys: int = 0
 
     @property
     def event(self) -> str:
@@ -98,7 +101,10 @@ class MappedEvent(NamedTuple):
         """The event of ``payload``, encoded (raises ``orjson.JSONEncodeError`` for a
         payload that is not JSON)."""
         data = encode(payload)
-        return cls(mapping, event_source, event_source_id, test_event_code, payload, data, dropped)
+        keys = match_keys(payload.get("user"))
+        return cls(
+            mapping, event_source, event_source_id, test_event_code, payload, data, dropped, keys
+        )
 
 
 class _TimeField(NamedTuple):
@@ -214,6 +220,7 @@ class CompiledMapping:
             payload,
             data,
             tuple(dropped),
+            match_keys(payload.get("user")),
         )
 
 

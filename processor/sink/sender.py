@@ -50,6 +50,7 @@ import httpx
 
 from processor.batching import Batch, PendingEvent
 from processor.config import DEFAULT_TENANT, AccessToken, DeliveryConfig, Secret, TikTokConfig
+from processor.matchkeys import key_labels
 from processor.metrics import Metrics
 from processor.payload import BatchKey
 from processor.redact import redact, shorten
@@ -375,6 +376,7 @@ class Sender:
             if named:
                 tally.trust_hints = False  # the message named an event that was fine
             self._count_sent(items, "accepted")
+            self._count_match_keys(key, items)
         elif result.verdict is Verdict.RETRYABLE:
             reason = f"gave up after {retries} retries: {result.reason}"
             self._reject(items, tally.in_batch_terms(reason, items), tally)
@@ -574,6 +576,13 @@ class Sender:
     def _count_sent(self, items: Sequence[PendingEvent], outcome: str) -> None:
         for event, count in Counter(item.event for item in items).items():
             self._metrics.events_sent.labels(event, outcome).inc(count)
+
+    def _count_match_keys(self, key: BatchKey, items: Sequence[PendingEvent]) -> None:
+        """What TikTok got to match these accepted events with, by pixel, event and key."""
+        counter = self._metrics.match_keys
+        for (event, keys), count in Counter((i.event, i.match_keys) for i in items).items():
+            for label in key_labels(keys):
+                counter.labels(key.event_source_id, event, label).inc(count)
 
 
 def _shows_token_accepted(result: Classification) -> bool:

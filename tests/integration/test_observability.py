@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +25,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import promtool as promtool_fetcher
 from devkit.kafka import KafkaCluster, TopicFactory, produce, unique_name
+from processor.matchkeys import key_labels
+from processor.sample import SampleRecord
 from processor.sandbox import Sandbox
+from processor.transform import load_pipeline
 from tests.conftest import ROOT
 from tests.integration.pipeline import TOKEN, MakePipeline, Pipeline, ProcessorProcess, wait_for
 from tests.unit.test_metrics import ALERTS, dashboard_exprs
+
+PIXEL = "D34FV3JC77U1PDQ72P1G"
 
 Processors = Callable[..., ProcessorProcess]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -106,7 +112,7 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests(promtool: Path) ->
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
+    assert "SUCCESS: 7 rules found" in check.stdout
     tests = subprocess.run(
         [str(promtool), "test", "rules", str(ALERT_TESTS)],
         capture_output=True,
@@ -119,7 +125,13 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests(promtool: Path) ->
 
 def test_every_dashboard_query_is_valid_promql(promtool: Path, tmp_path: Path) -> None:
     # promtool parses each query as a recording rule; Grafana's variables get plain values.
-    grafana = {"$__rate_interval": "5m", "$__interval": "1m", "$job": ".*", "$instance": ".*"}
+    grafana = {
+        "$__rate_interval": "5m",
+        "$__interval": "1m",
+        "$__range": "6h",
+        "$job": ".*",
+        "$instance": ".*",
+    }
     rules = []
     for i, (title, query) in enumerate(dashboard_exprs()):
         expr = query
@@ -179,6 +191,9 @@ def test_metrics_count_every_record_and_pass_promtools_lint(
     assert total(s, "tiktok_events_batch_size_events_sum") == events
     assert total(s, "tiktok_events_end_to_end_latency_seconds_count") == events
     assert total(s, "tiktok_events_retries_total") == 0
+    keys = "tiktok_events_match_keys_total"
+    for event, want in expected_match_keys(pipeline, records).items():
+        assert by_label(s, keys, "key", event=event, pixel=PIXEL) == want, event
     assert total(s, "tiktok_events_assigned_partitions") == 12
     assert total(s, "tiktok_events_commits_total") > 0
     for gauge in ("in_flight_requests", "sink_fatal", "paused"):
@@ -194,6 +209,16 @@ def test_metrics_count_every_record_and_pass_promtools_lint(
     assert get(pipeline, "/readyz") == (200, "ok")
     processor.terminate()
     assert processor.wait(30) == 0, processor.log()
+
+
+def expected_match_keys(pipeline: Pipeline, records: list[SampleRecord]) -> dict[str, Counter[str]]:
+    """The match keys the records' events carry, by event and key label."""
+    _, transformer, _ = load_pipeline(pipeline.config_path, clock=time.time)
+    want: dict[str, Counter[str]] = {}
+    for record in records:
+        for event in transformer.transform(record.topic, 0, 0, record.value).events:
+            want.setdefault(event.event, Counter()).update(key_labels(event.match_keys))
+    return want
 
 
 def test_rate_limited_answers_count_as_rate_limited_retries(

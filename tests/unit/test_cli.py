@@ -153,6 +153,9 @@ def test_preview_reads_json_lines_from_stdin_and_explains_each() -> None:
     assert out[3]["dropped"] == [{"field": "user.email", "reason": "not a valid email address"}]
     assert "email" not in out[3]["body"]["data"][0].get("user", {})
     assert out[4]["stage"] == "input-schema"
+    # The keys each event carries, in the order of the body's events: what was sent (the
+    # email left out is no key).
+    assert out[0]["match_keys"] == out[3]["match_keys"] == [["ttclid", "ttp", "ip+ua"]]
 
 
 def test_preview_text_mode_prints_the_body_and_reasons() -> None:
@@ -176,6 +179,11 @@ def test_preview_text_mode_prints_the_body_and_reasons() -> None:
     assert (
         "line 2: filtered (no mapping's `when` rule matched: important-page-views)" in done.stdout
     )
+    assert "  match keys of ViewContent: ttclid, ttp, ip+ua" in done.stdout
+    assert done.stdout.splitlines()[-2:] == [
+        "match keys over 1 event:",
+        "  ViewContent: 1 event, ttclid 100 %, ttp 100 %, ip+ua 100 %",
+    ]
 
 
 def test_preview_of_an_unmapped_topic_fails_clearly() -> None:

@@ -68,6 +68,7 @@ ALLOWED_LABELS = {
     "reason",
     "kind",
     "pixel",
+    "key",
 }
 
 #: What the issue asks for: (exported name, type, labels).
@@ -77,6 +78,7 @@ REQUIRED = [
     ("records_dead_lettered_total", "counter", {"topic", "stage"}),
     ("events_mapped_total", "counter", {"event"}),
     ("events_sent_total", "counter", {"event", "outcome"}),
+    ("match_keys_total", "counter", {"pixel", "event", "key"}),
     ("requests_total", "counter", {"outcome", "code"}),
     ("retries_total", "counter", {"reason"}),
     ("commits_total", "counter", set()),
