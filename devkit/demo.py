@@ -7,7 +7,8 @@
 4. ``tiktok-events run`` as a subprocess, exactly as in production, until the
    sandbox has every event the sample should become;
 5. a table of what the sandbox accepted per event against what was expected,
-   and where the metrics are; then everything it started is stopped.
+   where the metrics are, and the match keys of the accepted events (from the
+   metrics); then everything it started is stopped.
 
 Exit status 0 when the accepted counts equal the expected ones.
 """
@@ -27,9 +28,11 @@ from pathlib import Path
 
 import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from devkit.kafka import KafkaCluster, fetch, free_port, running_bootstrap, unique_name
 from processor.kafka.producer import ensure_topics, produce_sample
+from processor.matchkeys import MatchSummary
 from processor.sample import generate
 from processor.sandbox import Sandbox
 
@@ -146,8 +149,33 @@ def stop(process: subprocess.Popen[bytes]) -> int:
         return -1
 
 
+def match_keys(port: int) -> MatchSummary:
+    """The match keys of the accepted events, from the processor's /metrics."""
+    summary = MatchSummary()
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return summary
+    accepted: Counter[str] = Counter()
+    keys: dict[str, Counter[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "tiktok_events_events_sent_total" and labels["outcome"] == "accepted":
+                accepted[labels["event"]] += int(sample.value)
+            elif sample.name == "tiktok_events_match_keys_total":
+                keys.setdefault(labels["event"], Counter())[labels["key"]] += int(sample.value)
+    for event, count in accepted.items():
+        summary.add_counts(event, count, keys.get(event, Counter()))
+    return summary
+
+
 def report(
-    expected: Counter[str], accepted: Counter[str], figures: dict[str, float], took: float
+    expected: Counter[str],
+    accepted: Counter[str],
+    figures: dict[str, float],
+    keys: MatchSummary,
+    took: float,
 ) -> None:
     total = sum(expected.values())
     print()
@@ -168,6 +196,9 @@ def report(
         f"{figure('requests_total')} requests, {figure('retries_total')} retries; "
         f"delivered in {took:.1f}s"
     )
+    print("match keys of the accepted events (tiktok_events_match_keys_total):")
+    for line in keys.lines():
+        print(f"  {line}")
 
 
 METRICS_SHOWN = tuple(
@@ -202,8 +233,9 @@ def main() -> int:
         accepted = wait_for_delivery(sandbox, process, expected, args.timeout)
         took = time.monotonic() - started
         figures = scrape(metrics_port, METRICS_SHOWN)
+        keys = match_keys(metrics_port)
         status = stop(process)
-        report(expected, accepted, figures, took)
+        report(expected, accepted, figures, keys, took)
         print(f"processor stopped with status {status}")
         if accepted != expected or status != 0:
             print(log_path.read_text(errors="replace")[-3000:])

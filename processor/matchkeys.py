@@ -84,6 +84,15 @@ class MatchSummary:
             if keys >> bit & 1:
                 tally.by_key[bit] += 1
 
+    def add_counts(self, event: str, events: int, by_label: Mapping[str, int]) -> None:
+        """Add ``events`` events of which ``by_label[label]`` carried each key (the labels
+        of ``…_match_keys_total``; ``none`` for those with no key): a summary from metrics."""
+        tally = self.by_event.setdefault(event, _EventTally())
+        tally.events += events
+        tally.without_keys += by_label.get(NO_KEY, 0)
+        for bit, (label, _) in enumerate(MATCH_KEYS):
+            tally.by_key[bit] += by_label.get(label, 0)
+
     @property
     def events(self) -> int:
         return sum(t.events for t in self.by_event.values())

@@ -26,3 +26,9 @@ def test_demo_delivers_every_expected_event() -> None:
     for event in ("ViewContent", "CompleteRegistration", "ClickButton", "Lead"):
         assert event in done.stdout
     assert "dead-lettered 0" in done.stdout
+    # The match keys, from /metrics: every sample event carries ip and user agent.
+    lines = done.stdout.splitlines()
+    start = lines.index("match keys of the accepted events (tiktok_events_match_keys_total):")
+    shown = {line.split(":")[0].strip(): line for line in lines[start + 1 : start + 5]}
+    assert set(shown) == {"ViewContent", "CompleteRegistration", "ClickButton", "Lead"}
+    assert all("ip+ua 100 %" in line for line in shown.values()), shown

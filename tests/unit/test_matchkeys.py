@@ -73,3 +73,13 @@ def test_a_mapped_event_carries_the_keys_of_what_it_sends() -> None:
     (event,) = result.events
     assert sorted(field for field, _ in event.dropped) == ["user.ip", "user.phone"]
     assert key_names(event.match_keys) == ("email", "external_id", "ttclid")
+
+
+def test_a_summary_from_metric_counts_reads_as_one_from_events() -> None:
+    from_events = MatchSummary()
+    for keys in (match_keys({"email": "x"}), 0, match_keys({"ip": IP, "user_agent": UA})):
+        from_events.add("Lead", keys)
+    from_metrics = MatchSummary()
+    from_metrics.add_counts("Lead", 3, {"email": 1, "none": 1, "ip_user_agent": 1})
+    assert list(from_metrics.lines()) == list(from_events.lines())
+    assert from_metrics.as_json() == from_events.as_json()
