@@ -45,6 +45,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import httpx
 
@@ -120,6 +121,10 @@ class _Tally:
         return text
 
 
+#: Retries whose wait TikTok set (rate limits): never cut short by another's success.
+_PACED: Final = frozenset({RetryReason.RATE_LIMITED, RetryReason.HTTP_429})
+
+
 class Sender:
     """Sends batches to TikTok on its runtime's thread; see the package docstring.
 
@@ -185,6 +190,9 @@ class Sender:
         self._resumed = asyncio.Event()  # the gate: set while requests may go out
         # One request at a time tries a new token (see _attempt).
         self._trial_lock = asyncio.Lock()
+        # Set (and replaced) when a request is delivered, waking the retries backing off.
+        self._recovered = asyncio.Event()
+        self._backing_off = 0
 
         # Shared with the poll thread, under _lock.
         self._lock = threading.Lock()
@@ -371,6 +379,7 @@ class Sender:
             return
         result, retries = await self._send_with_retries(key, items)
         if result.delivered:
+            self._wake_backoffs()
             tally.accepted.extend(items)
             tally.partial |= result.verdict is Verdict.PARTIAL
             if named:
@@ -426,8 +435,33 @@ class Sender:
             log.debug("retrying %d events in %.3fs: %s", len(items), delay, result.reason)
             # Sleeping outside the in-flight slot: a batch waiting to retry never blocks
             # other batches (and so other partitions).
-            await self._sleep(delay)
+            if result.retry_after is not None or result.retry_reason in _PACED:
+                await self._sleep(delay)  # TikTok asked for the wait: it is kept
+            else:
+                await self._back_off(delay)
             retries += 1
+
+    async def _back_off(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or until a request is delivered: once an outage ends,
+        the batches that met it go again at once instead of each sleeping out a backoff
+        that has grown to ``backoff_max_ms`` (the rate limit and the in-flight slots
+        still pace them)."""
+        recovered = self._recovered
+        self._backing_off += 1
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        waiter = asyncio.ensure_future(recovered.wait())
+        try:
+            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._backing_off -= 1
+            sleeper.cancel()
+            waiter.cancel()
+
+    def _wake_backoffs(self) -> None:
+        """A request was delivered: wake every retry that is backing off."""
+        if self._backing_off:
+            self._recovered.set()
+            self._recovered = asyncio.Event()
 
     async def _attempt(self, key: BatchKey, items: Sequence[PendingEvent]) -> Classification:
         """One request that TikTok did not refuse for the token: sent again (without

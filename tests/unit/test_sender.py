@@ -40,7 +40,9 @@ from tests.unit.sinkkit import (
     pending,
     rejected_refs,
     running,
+    sent_refs,
     tiktok,
+    wait_for,
 )
 
 # -- the request ---------------------------------------------------------------------------
@@ -285,3 +287,47 @@ def test_nonsense_delivery_settings_fail_when_the_sender_is_built(
     field = next(iter(overrides))
     with pytest.raises(ConfigError, match=f"delivery.{field}: must be"):
         Sender(tiktok(), delivery(**overrides), Metrics(), transport=httpx.MockTransport(ok))
+
+
+async def sleep_forever(_delay: float) -> None:
+    """An injected sleep that never ends: only something else can end a wait."""
+    await asyncio.Event().wait()
+
+
+def test_a_delivered_request_wakes_the_retries_backing_off_from_an_outage() -> None:
+    calls: list[list[int]] = []
+    outage = threading.Event()
+    outage.set()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(sent_refs(request))
+        return httpx.Response(503) if outage.is_set() else envelope(0)
+
+    with running(handler, sleep=sleep_forever, rate_burst=100, max_retries=None) as sender:
+        sender.submit(a_batch(range(2)))
+        wait_for(lambda: len(calls) == 1)  # refused, now backing off for good
+        outage.clear()
+        sender.submit(a_batch(range(2, 4)))
+        done = outcomes(sender, 2)
+    # The second batch's delivery ended the first one's wait: it went again at once.
+    assert calls == [[0, 1], [2, 3], [0, 1]]
+    assert sorted(accepted_refs(done)) == [0, 1, 2, 3]
+
+
+def test_a_wait_tiktok_asked_for_is_kept_whatever_else_is_delivered() -> None:
+    calls: list[list[int]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(sent_refs(request))
+        return httpx.Response(429) if len(calls) == 1 else envelope(0)
+
+    with running(
+        handler, sleep=sleep_forever, rate_burst=100, max_retries=None, close_timeout=0.1
+    ) as sender:
+        sender.submit(a_batch(range(2)))
+        wait_for(lambda: len(calls) == 1)
+        sender.submit(a_batch(range(2, 4)))
+        [done] = outcomes(sender, 1)
+        assert accepted_refs([done]) == [2, 3]
+        time.sleep(0.2)
+        assert calls == [[0, 1], [2, 3]]  # the rate-limited batch still waits its turn
