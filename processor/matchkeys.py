@@ -31,21 +31,27 @@ MATCH_KEYS: Final = (
 #: The ``key`` label of an event with no match key at all.
 NO_KEY: Final = "none"
 
-_SINGLE: Final = tuple((name, 1 << bit) for bit, (name, _) in enumerate(MATCH_KEYS[:-1]))
-_IP_UA: Final = 1 << (len(MATCH_KEYS) - 1)
-
 
 def match_keys(user: Mapping[str, Any] | None) -> int:
     """The keys of an event's ``user`` object, as bits (0: none). A key counts when its
     value is there and not empty (the mapping leaves out what it could not normalise)."""
     if not user:
         return 0
+    # Unrolled (once per event, on the hot path): the bits of MATCH_KEYS, in order.
+    get = user.get
     keys = 0
-    for name, bit in _SINGLE:
-        if user.get(name):
-            keys |= bit
-    if user.get("ip") and user.get("user_agent"):
-        keys |= _IP_UA
+    if get("email"):
+        keys = 1
+    if get("phone"):
+        keys |= 2
+    if get("external_id"):
+        keys |= 4
+    if get("ttclid"):
+        keys |= 8
+    if get("ttp"):
+        keys |= 16
+    if get("ip") and get("user_agent"):
+        keys |= 32
     return keys
 
 

@@ -83,3 +83,9 @@ def test_a_summary_from_metric_counts_reads_as_one_from_events() -> None:
     from_metrics.add_counts("Lead", 3, {"email": 1, "none": 1, "ip_user_agent": 1})
     assert list(from_metrics.lines()) == list(from_events.lines())
     assert from_metrics.as_json() == from_events.as_json()
+
+
+def test_each_key_has_the_bit_of_its_place_in_match_keys() -> None:
+    users = [{"email": "x"}, {"phone": "x"}, {"external_id": "x"}, {"ttclid": "x"}, {"ttp": "x"}]
+    users.append({"ip": IP, "user_agent": UA})
+    assert [match_keys(u) for u in users] == [1 << bit for bit in range(len(MATCH_KEYS))]
