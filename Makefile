@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test lint lock lock-upgrade lock-check unit integration soak tools kafka-fetch kafka-up kafka-down kafka-status bench sandbox clean
+.PHONY: install demo test lint lock lock-upgrade lock-check unit integration soak tools kafka-fetch kafka-up kafka-down kafka-status bench sandbox clean browser
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,7 @@ demo: install kafka-fetch
 	$(PY) -m devkit.demo
 
 ## The whole suite, as CI runs it.
-test: install lock-check kafka-fetch tools lint
+test: install lock-check kafka-fetch tools browser lint
 	$(PY) -m pytest
 
 lint: install
@@ -49,6 +49,10 @@ integration: install kafka-fetch tools
 ## The fault suite at soak size: more records, more kill -9 rounds, longer outages.
 soak: install kafka-fetch
 	FAULTS_SOAK=1 $(PY) -m pytest -m faults tests/faults -s
+
+## Debian's Chromium and chromedriver for the browser tests (apt-get when missing: root, or sudo -n).
+browser: install
+	$(PY) -m devkit.browser ensure
 
 ## The pinned checkers of the deployment artifacts and alert rules, into .cache/tools/ (once).
 tools: install

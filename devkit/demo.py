@@ -222,7 +222,7 @@ def main() -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tiktok-demo-")))
         bootstrap = start_broker(stack, workdir)
         sandbox = stack.enter_context(Sandbox(tokens=(TOKEN,)))
-        say(f"TikTok sandbox at {sandbox.endpoint}")
+        say(f"TikTok sandbox at {sandbox.endpoint}; Test Events page: {sandbox.url}/")
         expected = produce(bootstrap, args.records)
         metrics_port = free_port()
         config = demo_config(workdir, bootstrap, sandbox.endpoint, metrics_port)

@@ -14,6 +14,7 @@ Layout (arrows point one way)::
                                        ├─► validation  batch size, hashed PII, schema
                                        ├─► store       dedup, documents, exact counts
                                        └─► protocol    path, codes, envelope, request ids
+    server ─► page (the Test Events page and its feed) ─► state, store
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ Everything the routes decide is delegated to :class:`~processor.sandbox.state.Sa
 Routes::
 
     POST /open_api/v1.3/event/track/    TikTok's endpoint (Access-Token header, JSON body)
+    GET  /                              the Test Events page (processor/sandbox/page.py)
+    GET  /sandbox/feed?cursor=&limit=&pixel=&event=&test_event_code=&scope=
+                                        what the page polls: the newest events, newest first
     GET  /healthz                       {"status": "ok"}
     GET  /sandbox/stats                 every counter
     GET  /sandbox/events?event=&pixel=&event_id=&test_event_code=&scope=all|live|test&limit=
@@ -46,6 +49,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from processor.errors import ConfigError
+from processor.sandbox import page
 from processor.sandbox.faults import FaultConfig
 from processor.sandbox.protocol import TRACK_PATH, reason_phrase
 from processor.sandbox.state import Reply, SandboxState, TrackRequest
@@ -218,7 +222,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self._read_body() is None:
             return
         path, _, query = self.path.partition("?")
-        if path in _GET_ROUTES:
+        if path == page.PAGE_PATH:
+            self._send(page.page_reply())
+        elif path in _GET_ROUTES:
             try:
                 self._send_json(200, _GET_ROUTES[path](self.server.state, parse_qs(query)))
             except ValueError as exc:
@@ -381,6 +387,7 @@ _GET_ROUTES: dict[str, Callable[[SandboxState, Mapping[str, list[str]]], Any]] =
     "/healthz": lambda _state, _query: {"status": "ok"},
     "/sandbox/stats": lambda state, _query: state.stats(),
     "/sandbox/events": _get_events,
+    page.FEED_PATH: page.feed,
     "/sandbox/faults": lambda state, _query: state.faults(),
     "/sandbox/tokens": lambda state, _query: {"tokens": state.tokens()},
 }

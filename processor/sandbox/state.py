@@ -16,6 +16,10 @@ both hold the GIL throughout (orjson and the compiled schema work on Python obje
 judging two bodies at once would only interleave them, a switch interval each, over each
 other's freshly decoded events, and cost more CPU for no gain. Reading the next body off
 its socket goes on meanwhile. The server turns a :class:`Reply` into bytes on a socket.
+
+Every request not accepted (a non-zero code other than 20001, an HTTP fault, a dropped
+connection) is noted in the store with its answer and body, for the Test Events page;
+an accepted request pays one set lookup for it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import orjson
 
 from processor.sandbox.faults import Decision, FaultConfig, FaultInjector, coerce_faults
 from processor.sandbox.protocol import Code, RequestIds, default_message, envelope, reason_phrase
-from processor.sandbox.store import EventStore, StoredEvent, bump
+from processor.sandbox.store import EventStore, Recent, StoredEvent, bump
 from processor.sandbox.tokens import Grant, TokenLike, TokenRegistry
 from processor.sandbox.validation import check_body, refused_event
 from processor.schemas import Validator, tiktok_request_predicate, tiktok_request_validator
@@ -41,6 +45,9 @@ log = logging.getLogger("processor.sandbox")
 
 #: Pixel codes are printed in 40001 messages; a hostile one must not be huge.
 _MAX_PIXEL_IN_MESSAGE = 64
+
+#: Answers that mean the events were taken; any other answer is noted as a refusal.
+_ACCEPTED = frozenset({Code.OK, Code.PARTIAL_OK})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,9 @@ class SandboxState:
         self._faults = FaultInjector(coerce_faults(faults), default_seed=seed)
         self._store_args = (max_stored_events, max_dedup_keys, dedup_window_s)
         self._store = self._new_store()
+        #: Which store this is (a reset makes a new one): the Test Events page's cursor
+        #: holds it, so a cursor from before a reset is not read against the new store.
+        self._generation = 0
         self._requests = _Requests()
         self._validate = validator or tiktok_request_validator()
         # The yes/no test is only known to agree with the shipped schema's validator.
@@ -157,6 +167,16 @@ class SandboxState:
                 counts.by_status[str(reply.status)] += 1
                 if reply.code is not None:
                     counts.by_code[str(reply.code)] += 1
+            if reply.drop or reply.code not in _ACCEPTED:
+                self._store.refused(
+                    request_id=request_id,
+                    now=self._clock(),
+                    status=0 if reply.drop else reply.status,
+                    code=reply.code,
+                    reply=reply.body,
+                    body=request.body,
+                    dropped=reply.drop,
+                )
             self._cond.notify_all()
         log.debug(
             "track request_id=%s status=%s code=%s",
@@ -312,10 +332,20 @@ class SandboxState:
         with self._cond:
             return self._store.find(**filters)
 
+    def recent(self, **filters: Any) -> tuple[int, Recent, dict[str, Any]]:
+        """For the Test Events page: the store's generation, what
+        :meth:`EventStore.recent` finds with ``filters``, and the store's counts. Cheap
+        under the lock: nothing is decoded."""
+        with self._cond:
+            counts = self._store.to_json()
+            counts["refused_requests"] = self._store.refused_requests
+            return self._generation, self._store.recent(**filters), counts
+
     def reset(self) -> None:
         """Forget stored events, dedup keys and every counter; keep tokens and faults."""
         with self._cond:
             self._store = self._new_store()
+            self._generation += 1
             self._requests = _Requests()
             self._started = self._clock()
         log.info("sandbox: reset")

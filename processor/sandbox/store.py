@@ -9,6 +9,13 @@ documents are kept for the last ``max_documents`` events only, dedup keys for th
 ``MAX_COUNTER_KEYS``; the counts themselves stay exact. (A request body kept whole in
 place of its documents stays until the last of them goes, so one request's body may
 outlast the documents bound.) Not thread-safe: the sandbox calls it under its lock.
+
+For the Test Events page (``processor/sandbox/page.py``) it also notes, in bounded queues,
+the duplicates it drops and the requests the sandbox refuses, and selects the newest
+documents without decoding them (:meth:`EventStore.recent`); the page decodes what it
+shows outside the sandbox's lock. Noting costs a request with duplicates one object (its
+duplicates are held as decoded, not copied) and a refused request one; a request whose
+events are all new pays nothing for it.
 """
 
 from __future__ import annotations
@@ -68,6 +75,18 @@ _Chunk = tuple[
 #: cannot make a document cost more than that.
 MAX_BODY_BYTES_PER_DOCUMENT = 8 * 1024
 
+#: Duplicates, and refused requests, the store notes for the Test Events page (each kind
+#: apart; never more than it keeps documents).
+MAX_NOTES = 1000
+
+#: Bytes of refused request bodies the notes hold (the bodies are the request's own bytes,
+#: not copies); past it the oldest refusals are forgotten.
+MAX_REFUSED_BODY_BYTES = 32 * 1024 * 1024
+
+#: Most kept request bodies one :meth:`EventStore.recent` call hands out for decoding: a
+#: filter that matches one event a request must not make the page decode thousands.
+MAX_RECENT_BODIES = 64
+
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
@@ -95,6 +114,86 @@ class StoredEvent:
             "received_at": self.received_at,
             "event": orjson.loads(self.document),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateNote:
+    """The events one request carried that were dropped as repeats of an earlier event +
+    event_id (its last ``MAX_NOTES``), as decoded: held, never copied or re-encoded, so
+    noting them costs a request one object. They are numbered ``first_number`` on among
+    every note; ``after_seq`` is the seq of the last event stored before them."""
+
+    first_number: int
+    after_seq: int
+    pixel: str
+    test_event_code: str | None
+    request_id: str
+    received_at: float
+    event_source: str
+    events: tuple[dict[str, Any], ...]
+
+    @property
+    def last_number(self) -> int:
+        return self.first_number + len(self.events) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalNote:
+    """One request the sandbox did not accept: TikTok's answer (``reply``, the envelope or
+    an HTTP fault's text; empty when the connection was dropped) and the request body
+    (None when over the notes' byte budget), both as the sandbox sent and received them."""
+
+    number: int
+    after_seq: int
+    received_at: float
+    request_id: str
+    status: int
+    code: int | None
+    reply: bytes
+    body: bytes | None
+    dropped: bool = False
+
+
+@dataclass(slots=True)
+class Selection:
+    """Some of the events one request stored (``indexes`` into its chunk, newest first);
+    their documents are decoded only by :meth:`documents`, which needs no lock."""
+
+    first_seq: int
+    pixel: str
+    test_event_code: str | None
+    request_id: str
+    received_at: float
+    event_source: str
+    names: tuple[str, ...]
+    ids: tuple[str | None, ...]
+    indexes: list[int]
+    stored: tuple[bytes, ...] | bytes
+    first: int
+
+    def documents(self) -> list[tuple[int, dict[str, Any]]]:
+        """(seq, document) of each selected event, newest first."""
+        stored = self.stored
+        if isinstance(stored, bytes):
+            data = orjson.loads(stored)["data"]
+            return [(self.first_seq + i, data[self.first + i]) for i in self.indexes]
+        return [(self.first_seq + i, orjson.loads(stored[i])) for i in self.indexes]
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """What :meth:`EventStore.recent` found: the store's marks (its last seq and note
+    number), the stored events, duplicates and refusals after the marks asked for (newest
+    first), and whether the events stopped short of ``limit`` to bound decoding (then
+    ``oldest_seq`` is the oldest seq they reach)."""
+
+    seq: int
+    notes: int
+    selections: list[Selection]
+    duplicates: list[DuplicateNote]
+    refusals: list[RefusalNote]
+    truncated: bool
+    oldest_seq: int
 
 
 class EventCounts:
@@ -175,6 +274,14 @@ class EventStore:
         #: How many keys at the head of the oldest batch are already forgotten.
         self._key_first = 0
         self._seq = 0
+        self._max_notes = min(max_documents, MAX_NOTES)
+        self._notes = 0
+        self._duplicates: deque[DuplicateNote] = deque()
+        self._duplicates_held = 0
+        self._refusals: deque[RefusalNote] = deque()
+        self._refused_body_bytes = 0
+        #: Requests refused (exact, like the counts).
+        self.refused_requests = 0
         self.live = EventCounts()
         self.test = EventCounts()
         self.test_by_code: dict[str, Counter[str]] = {}
@@ -205,9 +312,8 @@ class EventStore:
             kept, (names, ids), duplicates = batch, fresh, 0
             times = [event["event_time"] for event in batch]
         else:
-            kept, names, ids, times, duplicates = self._deduplicate(
-                batch, test_event_code, pixel, now
-            )
+            kept, names, ids, times, dropped = self._deduplicate(batch, test_event_code, pixel, now)
+            duplicates = len(dropped)
         accepted = len(kept)
         request = (pixel, test_event_code, request_id, now, event_source)
         whole = body if not duplicates else None
@@ -221,6 +327,8 @@ class EventStore:
             bump(counts.by_source, event_source, accepted)
         if test_event_code is not None:
             self._count_test_code(test_event_code, accepted, duplicates)
+        if duplicates:
+            self._note_duplicates(dropped, request)
         return accepted, duplicates
 
     def _all_fresh(
@@ -250,9 +358,9 @@ class EventStore:
 
     def _deduplicate(
         self, events: list[dict[str, Any]], test_event_code: str | None, pixel: str, now: float
-    ) -> tuple[list[dict[str, Any]], list[str], list[str | None], list[Any], int]:
+    ) -> tuple[list[dict[str, Any]], list[str], list[str | None], list[Any], list[dict[str, Any]]]:
         """The events not seen before, with their names, event_ids and event_times, and
-        how many were duplicates. Their keys are remembered as first seen ``now``."""
+        the duplicates. Their keys are remembered as first seen ``now``."""
         # Event by event, for the requests :meth:`_all_fresh` leaves (duplicates, events
         # without an event_id): locals, bound methods, no call per event beyond hashing.
         seen = self._seen
@@ -265,7 +373,7 @@ class EventStore:
         ids: list[str | None] = []
         times: list[Any] = []
         keep, name_of, id_of, time_of = kept.append, names.append, ids.append, times.append
-        duplicates = 0
+        duplicates: list[dict[str, Any]] = []
         for event in events:
             name: str = event["event"]
             event_id: str | None = event.get("event_id")
@@ -274,7 +382,7 @@ class EventStore:
                 # A false duplicate needs a hash collision (odds ~1e-8 at a million keys).
                 key = hash((test_event_code, pixel, name, event_id))
                 if key in seen:
-                    duplicates += 1
+                    duplicates.append(event)
                     continue
                 if room:
                     room -= 1
@@ -397,6 +505,122 @@ class EventStore:
         per_code["accepted"] += accepted
         per_code["duplicates"] += duplicates
 
+    def _note_duplicates(self, dropped: list[dict[str, Any]], request: _Request) -> None:
+        """Note a request's duplicates, keeping the last ``max_notes`` of every request's."""
+        if not self._max_notes:
+            return
+        events = tuple(dropped[-self._max_notes :])
+        pixel, test_event_code, request_id, now, event_source = request
+        notes = self._duplicates
+        notes.append(
+            DuplicateNote(
+                self._notes + 1,
+                self._seq,
+                pixel,
+                test_event_code,
+                request_id,
+                now,
+                event_source,
+                events,
+            )
+        )
+        self._notes += len(events)
+        self._duplicates_held += len(events)
+        while self._duplicates_held > self._max_notes:
+            self._duplicates_held -= len(notes.popleft().events)
+
+    def refused(
+        self,
+        *,
+        request_id: str,
+        now: float,
+        status: int,
+        code: int | None,
+        reply: bytes,
+        body: bytes,
+        dropped: bool = False,
+    ) -> None:
+        """Count a request the sandbox did not accept, and note it with its answer."""
+        self.refused_requests += 1
+        if not self._max_notes:
+            return
+        refusals = self._refusals
+        budget = MAX_REFUSED_BODY_BYTES
+        kept = body if len(body) <= budget else None
+        self._refused_body_bytes += len(kept or b"")
+        while refusals and (len(refusals) >= self._max_notes or self._refused_body_bytes > budget):
+            self._refused_body_bytes -= len(refusals.popleft().body or b"")
+        self._notes += 1
+        refusals.append(
+            RefusalNote(self._notes, self._seq, now, request_id, status, code, reply, kept, dropped)
+        )
+
+    def recent(
+        self,
+        *,
+        after_seq: int = 0,
+        after_note: int = 0,
+        limit: int = 500,
+        event: str | None = None,
+        pixel: str | None = None,
+        test_event_code: str | None = None,
+        scope: str = "all",
+        max_bodies: int = MAX_RECENT_BODIES,
+    ) -> Recent:
+        """The newest ``limit`` stored events after seq ``after_seq`` that match every
+        filter given, and the notes with numbers after ``after_note`` (duplicates by the
+        request's pixel and test event code, the events' names left to the caller;
+        refusals unfiltered, their pixel is in their bodies), all newest first. Nothing is
+        decoded here: a selection holds references to immutable chunks."""
+        selections: list[Selection] = []
+        wanted, bodies, truncated, oldest = limit, 0, False, self._seq + 1
+        for seq, request, names, ids, documents, first in reversed(self._chunks):
+            if wanted <= 0 or seq + len(names) - 1 <= after_seq:
+                break
+            req_pixel, code, request_id, received_at, source = request
+            if not _matches(req_pixel, code, pixel, test_event_code, scope) or (
+                event is not None and event not in names
+            ):
+                continue
+            start = max(0, after_seq - seq + 1)
+            indexes = [
+                i
+                for i in range(len(names) - 1, start - 1, -1)
+                if event is None or names[i] == event
+            ][:wanted]
+            if not indexes:
+                continue
+            if isinstance(documents, bytes):
+                if bodies >= max_bodies:
+                    truncated = True
+                    break
+                bodies += 1
+            wanted -= len(indexes)
+            oldest = seq + indexes[-1]
+            selections.append(
+                Selection(
+                    seq,
+                    req_pixel,
+                    code,
+                    request_id,
+                    received_at,
+                    source,
+                    names,
+                    ids,
+                    indexes,
+                    documents,
+                    first,
+                )
+            )
+        duplicates = [
+            note
+            for note in reversed(self._duplicates)
+            if note.last_number > after_note
+            and _matches(note.pixel, note.test_event_code, pixel, test_event_code, scope)
+        ]
+        refusals = [note for note in reversed(self._refusals) if note.number > after_note]
+        return Recent(self._seq, self._notes, selections, duplicates, refusals, truncated, oldest)
+
     def find(
         self,
         *,
@@ -412,12 +636,7 @@ class EventStore:
         matches: list[StoredEvent] = []
         for seq, request, names, ids, documents, first in reversed(self._chunks):
             stored_pixel, code, *_ = request
-            if (
-                (pixel is not None and stored_pixel != pixel)
-                or (test_event_code is not None and code != test_event_code)
-                or (scope == "live" and code is not None)
-                or (scope == "test" and code is None)
-            ):
+            if not _matches(stored_pixel, code, pixel, test_event_code, scope):
                 continue
             data: list[Any] | None = None  # a kept body, decoded once it is needed
             for index in range(len(names) - 1, -1, -1):
@@ -450,6 +669,22 @@ class EventStore:
                 "max_dedup_keys": self._max_keys,
             },
         }
+
+
+def _matches(
+    stored_pixel: str,
+    code: str | None,
+    pixel: str | None,
+    test_event_code: str | None,
+    scope: str,
+) -> bool:
+    """Whether a request's pixel and test event code pass the filters (None: any)."""
+    return not (
+        (pixel is not None and stored_pixel != pixel)
+        or (test_event_code is not None and code != test_event_code)
+        or (scope == "live" and code is not None)
+        or (scope == "test" and code is None)
+    )
 
 
 def _stored(
