@@ -108,7 +108,7 @@ def generate_fill(
             pad = indent + "    " * min(i, 1)
             if i:
                 out.append(f'{indent}if v is None or v == "":')
-            if isinstance(src, tuple) and 1 <= len(src) <= 4:
+            if isinstance(src, tuple):
                 holder = "r" if len(src) == 1 else prefix_var(src[:-1])
                 out.append(f"{pad}v = {holder}.get({src[-1]!r})")
             else:

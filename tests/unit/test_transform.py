@@ -353,3 +353,32 @@ def test_transform_never_raises_on_random_bytes(example: Transformer) -> None:
         raw = bytes(rng.randrange(256) for _ in range(rng.randrange(60)))
         for topic in example.topics:
             example.transform(topic, 0, 0, raw)
+
+
+def test_a_long_plain_path_is_read_like_a_short_one(
+    example_raw: dict[str, Any], write_config: Callable[[dict[str, Any]], Path]
+) -> None:
+    # Plain dotted paths are inlined into the generated code at any depth (five parts
+    # and more once raised TypeError on every record).
+    example_raw["mappings"] = [
+        {
+            "name": "deep",
+            "topic": "deep",
+            "event": "ViewContent",
+            "fields": {
+                "event_time": "a.b.c.d.e.at",
+                "page.url": "a.b.c.d.e.url",
+                "properties.contents[0].content_id": {"first": ["x.y.z.w.v", "a.b.c.d.e.sku"]},
+            },
+        }
+    ]
+    _, deep, _ = load_pipeline(write_config(example_raw), clock=lambda: 1_767_225_660)
+    doc = {
+        "a": {
+            "b": {"c": {"d": {"e": {"at": 1_767_225_600, "url": "https://x.test/p", "sku": "s"}}}}
+        }
+    }
+    (event,) = deep.transform("deep", 0, 0, orjson.dumps(doc)).events
+    assert event.payload["page"] == {"url": "https://x.test/p"}
+    assert event.payload["properties"]["contents"] == [{"content_id": "s"}]
+    assert deep.transform("deep", 0, 0, orjson.dumps({"a": {"b": 1}})).rejected
