@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import TextIO
 
 import orjson
+import yaml
 
 from processor import __version__
-from processor.config import Config, one_line
+from processor.config import Config, MappingConfig, one_line
 from processor.errors import ConfigError, KafkaClientError, ProcessorError
 from processor.mapping.values import describe
 from processor.matchkeys import MatchSummary, key_names
 from processor.preview import preview
+from processor.sample import DEFAULT_TOPICS, SHAPES, generate
 from processor.transform import Transformer, load_pipeline
 
 EXIT_OK = 0
@@ -87,6 +89,42 @@ def _print_summary(config: Config, transformer: Transformer, out: TextIO) -> Non
             print(f"  {m.name} → {m.event_name}  {source}{test}", file=out)
             print(f"    when {when}", file=out)
             print(f"    hashed (SHA-256): {hashed}", file=out)
+    _print_presets(config, out)
+
+
+def _print_presets(config: Config, out: TextIO) -> None:
+    """What each mapping that names a preset expanded to, as the YAML one would write
+    without the preset (a starting point for a mapping of one's own)."""
+    by_line: dict[int, list[MappingConfig]] = {}
+    for m in config.mappings:
+        if m.preset is not None:
+            by_line.setdefault(m.index, []).append(m)
+    for index, expanded in by_line.items():
+        print(f"mappings[{index}]: preset {expanded[0].preset} expands to", file=out)
+        text = yaml.safe_dump(
+            [_written(m) for m in expanded], sort_keys=False, allow_unicode=True, width=100
+        )
+        out.write("".join(f"  {line}\n" for line in text.splitlines()))
+
+
+def _written(m: MappingConfig) -> dict[str, object]:
+    written: dict[str, object] = {"name": m.name, "topic": m.topic}
+    optional = {
+        "schema": m.schema_name,
+        "for_each": m.for_each,
+        "when": m.when,
+        "event": m.event,
+        "event_id": m.event_id,
+        "event_source": None if m.event_source == "web" else m.event_source,
+        "event_source_id": m.event_source_id,
+        "test_event_code": m.test_event_code,
+        "limited_data_use": m.limited_data_use,
+    }
+    written.update({k: v for k, v in optional.items() if v is not None})
+    if m.on_invalid_identifier != "drop":
+        written["on_invalid_identifier"] = m.on_invalid_identifier
+    written["fields"] = dict(m.fields)
+    return written
 
 
 def _describe_rule(rule: object) -> str:
@@ -247,17 +285,27 @@ def cmd_replay_dlq(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _topics_arg(text: str) -> dict[str, str]:
-    from processor.sample import DEFAULT_TOPICS  # noqa: PLC0415 - see cmd_run
-
-    kinds = list(DEFAULT_TOPICS)
+def _sample_topics(shape: str, text: str | None) -> dict[str, str]:
+    """The ``--topics`` of ``produce-sample`` for ``shape``: record kind → topic. Raises
+    ``argparse.ArgumentTypeError`` with what to give instead."""
+    if text is None:
+        return {}
     parts = [p.strip() for p in text.split(",") if p.strip()]
+    if shape != "clickstream":
+        # A preset's records all go to one topic, as its mapping reads one.
+        topics = [p.split("=", 1)[1] if p.startswith(f"{shape}=") else p for p in parts]
+        if len(topics) != 1 or "=" in topics[0]:
+            raise argparse.ArgumentTypeError(
+                f"--shape {shape} writes one topic: give its name (or {shape}=TOPIC)"
+            )
+        return {shape: topics[0]}
+    kinds = list(DEFAULT_TOPICS)
     if all("=" in p for p in parts):
-        topics = dict(p.split("=", 1) for p in parts)
-        unknown = set(topics) - set(kinds)
+        topics_of = dict(p.split("=", 1) for p in parts)
+        unknown = set(topics_of) - set(kinds)
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown record kinds {sorted(unknown)}; use {kinds}")
-        return topics
+        return topics_of
     if len(parts) != len(kinds):
         raise argparse.ArgumentTypeError(
             f"give {len(kinds)} topics ({', '.join(kinds)}) or kind=topic pairs"
@@ -267,10 +315,15 @@ def _topics_arg(text: str) -> dict[str, str]:
 
 def cmd_produce_sample(args: argparse.Namespace) -> int:
     from processor.kafka import producer  # noqa: PLC0415 - see cmd_run
-    from processor.sample import generate  # noqa: PLC0415 - see cmd_run
 
+    try:
+        topics_of = _sample_topics(args.shape, args.topics)
+    except argparse.ArgumentTypeError as exc:
+        args.usage_error(f"argument --topics: {exc}")  # exits 2, as argparse does
     start = args.start if args.start is not None else time.time() - args.count * 0.003
-    records, expected = generate(args.count, seed=args.seed, start=start, topics=args.topics)
+    records, expected = generate(
+        args.count, seed=args.seed, start=start, topics=topics_of, shape=args.shape
+    )
     topics = sorted({r.topic for r in records})
     producer.ensure_topics(args.bootstrap, topics, args.partitions)
     began = time.monotonic()
@@ -278,19 +331,23 @@ def cmd_produce_sample(args: argparse.Namespace) -> int:
     took = time.monotonic() - began
     summary = {
         "produced": acknowledged,
+        "shape": args.shape,
         "topics": topics,
         "expected_events": dict(sorted(expected.items())),
-        "filtered": acknowledged - sum(expected.values()),
+        # Records, not events: a GA4 body may become several events, or none.
+        "filtered": sum(1 for r in records if not r.expected_events),
         "seconds": round(took, 2),
     }
     if args.json:
         print(orjson.dumps(summary).decode())
     else:
         print(f"produced {acknowledged} records to {', '.join(topics)} in {took:.1f}s")
+        by = "" if args.shape == "clickstream" else f" (by a mapping with preset: {args.shape})"
         print(
-            "expected TikTok events: " + ", ".join(f"{k} {v}" for k, v in sorted(expected.items()))
+            f"expected TikTok events{by}: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(expected.items()))
         )
-        print(f"to be filtered out: {summary['filtered']}")
+        print(f"to be filtered out: {summary['filtered']} records")
     return EXIT_OK
 
 
@@ -367,11 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("produce-sample", help="produce realistic sample clickstream to Kafka")
     sample.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
     sample.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default=SHAPES[0],
+        help="clickstream: the four seed kinds of config/example.yaml (default); segment, "
+        "snowplow, ga4: the records of that mapping preset, on one topic",
+    )
+    sample.add_argument(
         "--topics",
-        type=_topics_arg,
         default=None,
         help="page_view,button_click,sign_up,form_submit topics, or kind=topic pairs "
-        "(default: web.pageviews,web.clicks,web.signups,web.forms)",
+        "(default: web.pageviews,web.clicks,web.signups,web.forms); with a preset's --shape, "
+        "its one topic (default: segment.events, snowplow.enriched, ga4.mp)",
     )
     sample.add_argument("--count", type=_positive, default=1000, help="records (default 1000)")
     sample.add_argument("--rate", type=float, default=0.0, help="records/s (default: unthrottled)")
@@ -381,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--start", type=_parse_now, default=None, help="time of the first record (default: now)"
     )
     sample.add_argument("--json", action="store_true", help="print the summary as JSON")
-    sample.set_defaults(func=cmd_produce_sample)
+    sample.set_defaults(func=cmd_produce_sample, usage_error=sample.error)
 
     report = sub.add_parser(
         "match-report",

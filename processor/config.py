@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 import jsonschema_rs
 
 from processor.errors import ConfigError
+from processor.presets import expand as expand_preset
 from processor.safeyaml import read_yaml_file
 from processor.schemas import (
     MASK,
@@ -271,6 +272,8 @@ class MappingConfig:
     schema_name: str | None = None
     when: Mapping[str, Any] | None = None
     event_id: str | None = None
+    #: One event per element of this list of the record (``$each`` in paths).
+    for_each: str | None = None
     #: TikTok's event_source: web, app, offline or crm.
     event_source: str = "web"
     #: The pixel code, app id or event set id; None for a web mapping that takes
@@ -281,6 +284,8 @@ class MappingConfig:
     #: A customer-information value that cannot be normalised: left out of the event
     #: and counted (``drop``), or the whole event rejected (``reject``).
     on_invalid_identifier: str = "drop"
+    #: The preset this mapping was expanded from (``processor/presets``).
+    preset: str | None = None
     index: int = 0  # position in the file, for messages: mappings[index]
 
 
@@ -463,34 +468,89 @@ def _build(
 
     schemas_dir, schemas_problem = _schemas_dir(raw, base, broken)
     problems += _listed(schemas_problem)
-    mappings: list[MappingConfig] = []
-    seen_names: dict[str, int] = {}
-    topic_schema: dict[str, tuple[int, str | None]] = {}
+    built = _Mappings(schemas_dir, schemas_problem is None, kafka.dead_letter_topic)
     raw_mappings = raw.get("mappings") if "mappings" not in broken else None
-    for i, m in enumerate(raw_mappings if isinstance(raw_mappings, list) else []):
+    for i, written in enumerate(raw_mappings if isinstance(raw_mappings, list) else []):
         where = f"mappings[{i}]"
-        if where in broken or not isinstance(m, dict):
+        if where in broken or not isinstance(written, dict):
             continue
-        if m["name"] in seen_names:
-            problems.append(
-                f"{where}.name: {m['name']!r} is already used by mappings[{seen_names[m['name']]}]"
-            )
-        seen_names.setdefault(m["name"], i)
+        expanded, expand_problems = _expanded(where, written)
+        problems += expand_problems
+        for m in expanded:
+            problems += built.add(where, i, m)
+    config = Config(
+        kafka=kafka,
+        tiktok=tiktok,
+        mappings=tuple(built.mappings),
+        delivery=delivery,
+        dead_letter=_dead_letter(_valid_part(raw, "dead_letter", broken)),
+        pii=PiiConfig(**_valid_part(raw, "pii", broken)),
+        metrics=MetricsConfig(**_valid_part(raw, "metrics", broken)),
+    )
+    return config, problems
+
+
+def _expanded(where: str, m: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ordinary mappings a written mapping stands for (itself, or what its preset
+    expands to) and the problems of what only a preset may say."""
+    if "preset" not in m:
+        problems = [
+            f"{where}.{key}: only a mapping with a preset takes {key}"
+            for key in ("events",)
+            if key in m
+        ]
+        nulls = [target for target, spec in m["fields"].items() if spec is None]
+        problems += [
+            f"{where}.fields.{target}: null only removes a field that a preset gives"
+            for target in nulls
+        ]
+        if nulls:  # said once here, not again by the compiler
+            m = {**m, "fields": {k: v for k, v in m["fields"].items() if v is not None}}
+        return [m], problems
+    if "event" in m:
+        return [], [
+            f"{where}.event: a preset maps several events; change its table with "
+            "events: {SOURCE NAME: TikTokEvent} instead"
+        ]
+    expanded = expand_preset(m)
+    if not expanded:
+        return [], [f"{where}.events: no event is left in the table of preset {m['preset']}"]
+    return expanded, []
+
+
+@dataclass
+class _Mappings:
+    """The mappings of the file as they are built, and what one must not repeat of another."""
+
+    schemas_dir: Path
+    schemas_dir_usable: bool
+    dead_letter_topic: str | None
+    mappings: list[MappingConfig] = field(default_factory=list)
+    seen_names: dict[str, int] = field(default_factory=dict)
+    topic_schema: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+
+    def add(self, where: str, i: int, m: dict[str, Any]) -> list[str]:
+        """Build ``m`` (written at ``mappings[i]``, or expanded from it); its problems."""
+        problems = []
+        if m["name"] in self.seen_names:
+            first_use = self.seen_names[m["name"]]
+            problems.append(f"{where}.name: {m['name']!r} is already used by mappings[{first_use}]")
+        self.seen_names.setdefault(m["name"], i)
         schema_name = m.get("schema")
-        schema_path = schemas_dir / schema_name if schema_name else None
+        schema_path = self._schema_path(schema_name)
         # With schemas_dir unusable, every schema would repeat its problem.
-        if schema_path is not None and schemas_problem is None:
+        if schema_path is not None and self.schemas_dir_usable:
             problems += _listed(_path_problem(f"{where}.schema", schema_path))
-        first = topic_schema.setdefault(m["topic"], (i, schema_name))
+        first = self.topic_schema.setdefault(m["topic"], (i, schema_name))
         if first[1] != schema_name:
             problems.append(
                 f"{where}.schema: topic {m['topic']!r} already has schema {first[1]!r} "
                 f"(mappings[{first[0]}]); every mapping of a topic must name the same schema"
             )
-        if m["topic"] == kafka.dead_letter_topic:
+        if m["topic"] == self.dead_letter_topic:
             problems.append(f"{where}.topic: the dead-letter topic cannot be consumed")
         problems += _source_problems(where, m)
-        mappings.append(
+        self.mappings.append(
             MappingConfig(
                 name=m["name"],
                 topic=m["topic"],
@@ -500,24 +560,31 @@ def _build(
                 schema_name=schema_name,
                 when=m.get("when"),
                 event_id=m.get("event_id"),
+                for_each=m.get("for_each"),
                 event_source=m.get("event_source", "web"),
                 event_source_id=m.get("event_source_id", m.get("pixel_code")),
                 test_event_code=m.get("test_event_code"),
                 limited_data_use=m.get("limited_data_use"),
                 on_invalid_identifier=m.get("on_invalid_identifier", "drop"),
+                preset=m.get("preset"),
                 index=i,
             )
         )
-    config = Config(
-        kafka=kafka,
-        tiktok=tiktok,
-        mappings=tuple(mappings),
-        delivery=delivery,
-        dead_letter=_dead_letter(_valid_part(raw, "dead_letter", broken)),
-        pii=PiiConfig(**_valid_part(raw, "pii", broken)),
-        metrics=MetricsConfig(**_valid_part(raw, "metrics", broken)),
-    )
-    return config, problems
+        return problems
+
+    def _schema_path(self, schema_name: str | None) -> Path | None:
+        """A schema is looked for in ``schemas_dir``, then among the schemas shipped with
+        the processor (a preset's, or ``clickstream/…`` beside a folder of one's own)."""
+        if schema_name is None:
+            return None
+        path = self.schemas_dir / schema_name
+        shipped = SCHEMAS_DIR / schema_name
+        try:
+            if not path.exists() and shipped.is_file():
+                return shipped
+        except OSError:  # a name too long, say: _path_problem says what is wrong with it
+            pass
+        return path
 
 
 def _pixels(
@@ -801,7 +868,8 @@ def load_config(
     if check is not None:
         problems += check(config)
     if problems:
-        raise ConfigError([one_line(p) for p in problems])
+        # A problem of a preset mapping's override repeats in every mapping it expands to.
+        raise ConfigError(list(dict.fromkeys(one_line(p) for p in problems)))
     return replace(config, source=path)
 
 

@@ -9,7 +9,7 @@ what a record becomes. It never raises on data: every problem becomes an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,9 +50,30 @@ class TopicPlan:
     mappings: tuple[CompiledMapping, ...]
 
 
+#: The name of a ``for_each`` list's element in field paths and rules.
+EACH = "$each"
+
+
 def derived_event_id(topic: str, partition: int, offset: int) -> str:
     """The event id of a record whose mapping names no id field: stable across redelivery."""
     return f"{topic}-{partition}-{offset}"
+
+
+def _each_scope(
+    mapping: CompiledMapping, record: dict[str, Any], fallback_id: str
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """(scope, derived id) of each element of a ``for_each`` mapping's list that its rule
+    matches: the element is ``$each`` beside the record's own fields, and the n-th
+    element's derived id is the record's with ``-n`` appended (stable across
+    redelivery, distinct per event). A record without the list has none."""
+    assert mapping.for_each is not None  # noqa: S101 - the caller checks
+    items = mapping.for_each(record)
+    if items.__class__ is not list:
+        return
+    for n, item in enumerate(items):
+        scope = {**record, EACH: item}
+        if mapping.matches(scope):
+            yield scope, f"{fallback_id}-{n}"
 
 
 def _iso(seconds: int) -> str:
@@ -133,26 +154,40 @@ class Transformer:
         rejected: list[InvalidRecord] = []
         now = self._clock()
         for mapping in plan.mappings:
-            if not mapping.matches(record):
+            if mapping.for_each is None:
+                if mapping.matches(record):
+                    self._map_one(mapping, record, fallback_id, now, events, rejected)
                 continue
-            try:
-                event = mapping.map(record, fallback_id)
-                self._validate_output(event.payload)
-            except InvalidRecord as exc:
-                rejected.append(exc)
-                continue
-            except SchemaViolation as exc:
-                reason = f"{exc.path or '(event)'}: {exc.message}"
-                rejected.append(InvalidRecord(Stage.OUTPUT_SCHEMA, reason, mapping=mapping.name))
-                continue
-            stale = self._age_problem(event.payload["event_time"], now)
-            if stale is not None:
-                rejected.append(InvalidRecord(Stage.STALE, stale, mapping=mapping.name))
-                continue
-            events.append(event)
+            for scope, scope_id in _each_scope(mapping, record, fallback_id):
+                self._map_one(mapping, scope, scope_id, now, events, rejected)
         if not events and not rejected:
             return FILTERED
         return RecordResult(tuple(events), tuple(rejected))
+
+    def _map_one(  # noqa: PLR0917 - the loop's state, passed on
+        self,
+        mapping: CompiledMapping,
+        record: dict[str, Any],
+        fallback_id: str,
+        now: float,
+        events: list[MappedEvent],
+        rejected: list[InvalidRecord],
+    ) -> None:
+        try:
+            event = mapping.map(record, fallback_id)
+            self._validate_output(event.payload)
+        except InvalidRecord as exc:
+            rejected.append(exc)
+            return
+        except SchemaViolation as exc:
+            reason = f"{exc.path or '(event)'}: {exc.message}"
+            rejected.append(InvalidRecord(Stage.OUTPUT_SCHEMA, reason, mapping=mapping.name))
+            return
+        stale = self._age_problem(event.payload["event_time"], now)
+        if stale is not None:
+            rejected.append(InvalidRecord(Stage.STALE, stale, mapping=mapping.name))
+            return
+        events.append(event)
 
     def _age_problem(self, event_time: int, now: float) -> str | None:
         # TikTok matches nothing older than 28 days; sending it only costs quota.

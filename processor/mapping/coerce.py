@@ -36,6 +36,8 @@ MIN_EVENT_TIME: Final = 946_684_800
 MAX_EVENT_TIME: Final = 4_102_444_800
 #: Epoch numbers above this are milliseconds (1e11 s is the year 5138).
 _MS_THRESHOLD: Final = 100_000_000_000
+#: Epoch microseconds (GA4's ``timestamp_micros``) from here: epoch ms of the year 5138.
+_US_THRESHOLD: Final = 100_000_000_000_000
 #: From here up a double no longer holds every integer (2**53 + 1 rounds to 2**53).
 EXACT_FLOAT_LIMIT: Final = 2**53
 
@@ -178,7 +180,7 @@ def to_ip(value: Any) -> str:
 
 
 def to_epoch_seconds(value: Any) -> int:
-    """ISO-8601 (offset or ``Z``; naive means UTC), epoch seconds or epoch ms → Unix seconds."""
+    """ISO-8601 (offset or ``Z``; naive means UTC), epoch seconds, ms or µs → Unix seconds."""
     if value.__class__ in (int, float):
         number = float(value)
     elif isinstance(value, str):
@@ -195,7 +197,9 @@ def to_epoch_seconds(value: Any) -> int:
         raise CoerceError(f"expected a time, got {_kind(value)}")
     if not math.isfinite(number):
         raise CoerceError("not a finite time")
-    if number > _MS_THRESHOLD:
+    if number > _US_THRESHOLD:
+        number /= 1_000_000.0
+    elif number > _MS_THRESHOLD:
         number /= 1000.0
     seconds = int(number)
     if not MIN_EVENT_TIME <= seconds <= MAX_EVENT_TIME:

@@ -129,6 +129,7 @@ class CompiledMapping:
         "event_name",
         "event_source",
         "event_source_id",
+        "for_each",
         "hashed_fields",
         "matches",
         "name",
@@ -149,6 +150,7 @@ class CompiledMapping:
         event_id_of: Getter | None,
         sections: tuple[tuple[str, tuple[FieldSpec, ...]], ...],
         limited_data_use: bool | None,
+        for_each: Getter | None = None,
     ) -> None:
         self.source = source
         self.name = source.name
@@ -160,6 +162,8 @@ class CompiledMapping:
         self.matches = matches
         self._event_time = event_time
         self._event_id_of = event_id_of
+        #: The list whose elements are each an event (``$each``), or None: one per record.
+        self.for_each = for_each
         self._fill = generate_fill(sections, self._fail, name="fill_" + _identifier(source.name))
         self._limited_data_use = limited_data_use
         self.hashed_fields = tuple(
@@ -501,6 +505,12 @@ def _compile_one(
             event_id_of = compile_path(m.event_id)
         except PathError as exc:
             problems.append(f"{where}.event_id: {exc}")
+    for_each = None
+    if m.for_each is not None:
+        try:
+            for_each = compile_path(m.for_each)
+        except PathError as exc:
+            problems.append(f"{where}.for_each: {exc}")
     hashed = pii_coercers(config.pii.default_phone_region)
     plan = _compile_fields(m, where, hashed, problems)
     if plan.event_time is None and not any(
@@ -520,6 +530,7 @@ def _compile_one(
         event_id_of=event_id_of,
         sections=tuple((s, tuple(fs)) for s, fs in plan.sections.items() if fs),
         limited_data_use=plan.limited_data_use,
+        for_each=for_each,
     )
 
 
