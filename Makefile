@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test lint lock lock-upgrade lock-check unit integration soak tools kafka-fetch kafka-up kafka-down kafka-status bench sandbox clean browser
+.PHONY: install demo test lint lock lock-upgrade lock-check unit integration soak tools kafka-fetch kafka-up kafka-down kafka-status bench sandbox clean browser image-test
 
 install: $(VENV)/.installed
 
@@ -19,9 +19,10 @@ $(VENV)/.installed: pyproject.toml requirements-test.lock
 demo: install kafka-fetch
 	$(PY) -m devkit.demo
 
-## The whole suite, as CI runs it.
+## The whole suite, as CI runs it: lint, every test, then the image built and run for real.
 test: install lock-check kafka-fetch tools browser lint
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory image-test
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -49,6 +50,13 @@ integration: install kafka-fetch tools
 ## The fault suite at soak size: more records, more kill -9 rounds, longer outages.
 soak: install kafka-fetch
 	FAULTS_SOAK=1 $(PY) -m pytest -m faults tests/faults -s
+
+## The image built from the Dockerfile and run for real: a Docker engine (installed and started
+## when none answers, then stopped again), a stand-in base image made from Debian's packages
+## (the official python image cannot be pulled here), the build, its packages against
+## requirements.lock, then the tests/image/ suite on the running image. See devkit/image.py.
+image-test: install kafka-fetch
+	$(PY) -m devkit.image run -- $(PY) -m pytest -m image tests/image
 
 ## Debian's Chromium and chromedriver for the browser tests (apt-get when missing: root, or sudo -n).
 browser: install
