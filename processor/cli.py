@@ -26,7 +26,7 @@ from processor.errors import ConfigError, KafkaClientError, ProcessorError
 from processor.mapping.values import describe
 from processor.matchkeys import MatchSummary, key_names
 from processor.preview import preview
-from processor.sample import DEFAULT_TOPICS, SHAPES, generate
+from processor.sample import DEFAULT_TOPICS, SHAPES, SampleRecord, generate
 from processor.transform import Transformer, load_pipeline
 
 EXIT_OK = 0
@@ -325,9 +325,12 @@ def cmd_produce_sample(args: argparse.Namespace) -> int:
         args.count, seed=args.seed, start=start, topics=topics_of, shape=args.shape
     )
     topics = sorted({r.topic for r in records})
-    producer.ensure_topics(args.bootstrap, topics, args.partitions)
     began = time.monotonic()
-    acknowledged = producer.produce_sample(args.bootstrap, records, rate=args.rate)
+    if args.output is not None:
+        acknowledged = _write_sample(Path(args.output), records)
+    else:
+        producer.ensure_topics(args.bootstrap, topics, args.partitions)
+        acknowledged = producer.produce_sample(args.bootstrap, records, rate=args.rate)
     took = time.monotonic() - began
     summary = {
         "produced": acknowledged,
@@ -338,10 +341,11 @@ def cmd_produce_sample(args: argparse.Namespace) -> int:
         "filtered": sum(1 for r in records if not r.expected_events),
         "seconds": round(took, 2),
     }
+    where = ", ".join(topics) if args.output is None else f"{args.output}/<topic>.jsonl"
     if args.json:
         print(orjson.dumps(summary).decode())
     else:
-        print(f"produced {acknowledged} records to {', '.join(topics)} in {took:.1f}s")
+        print(f"produced {acknowledged} records to {where} in {took:.1f}s")
         by = "" if args.shape == "clickstream" else f" (by a mapping with preset: {args.shape})"
         print(
             f"expected TikTok events{by}: "
@@ -349,6 +353,18 @@ def cmd_produce_sample(args: argparse.Namespace) -> int:
         )
         print(f"to be filtered out: {summary['filtered']} records")
     return EXIT_OK
+
+
+def _write_sample(folder: Path, records: Sequence[SampleRecord]) -> int:
+    """The records as JSON lines, one file a topic (``FOLDER/<topic>.jsonl``), for
+    ``preview``; how many were written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    by_topic: dict[str, list[bytes]] = {}
+    for record in records:
+        by_topic.setdefault(record.topic, []).append(record.value)
+    for topic, values in by_topic.items():
+        (folder / f"{topic}.jsonl").write_bytes(b"".join(v + b"\n" for v in values))
+    return len(records)
 
 
 def _positive(text: str) -> int:
@@ -422,7 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=cmd_replay_dlq)
 
     sample = sub.add_parser("produce-sample", help="produce realistic sample clickstream to Kafka")
-    sample.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    target = sample.add_mutually_exclusive_group(required=True)
+    target.add_argument("--bootstrap", help="Kafka bootstrap servers")
+    target.add_argument(
+        "--output",
+        metavar="FOLDER",
+        help="write FOLDER/<topic>.jsonl instead, for preview (no broker)",
+    )
     sample.add_argument(
         "--shape",
         choices=SHAPES,

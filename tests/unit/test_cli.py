@@ -279,3 +279,29 @@ def test_an_unexpected_failure_while_loading_is_one_line_not_a_traceback(
         "error: invalid configuration:",
         "  some.yaml: cannot be loaded (RuntimeError: boom); a bug in the processor, please report it",
     ]
+
+
+def test_the_sample_written_to_files_previews_with_its_match_key_summary(tmp_path: Path) -> None:
+    folder = tmp_path / "sample"
+    done = cli("produce-sample", "--output", str(folder), "--count", "600", "--seed", "5", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["produced"] == 600
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == sorted(f"{t}.jsonl" for t in EXAMPLE_TOPICS.values())
+    assert sum(len(p.read_bytes().splitlines()) for p in folder.iterdir()) == 600
+    shown = cli(
+        "preview", "--config", str(EXAMPLE_CONFIG), "--topic", "web.signups",
+        str(folder / "web.signups.jsonl"),
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    registrations = summary["expected_events"]["CompleteRegistration"]
+    lines = shown.stdout.splitlines()
+    assert lines[-2] == f"match keys over {registrations:,} events:"
+    assert lines[-1].startswith(f"  CompleteRegistration: {registrations:,} events, email 100 %")
+
+
+def test_produce_sample_needs_a_broker_or_a_folder() -> None:
+    done = cli("produce-sample", "--count", "5")
+    assert done.returncode == 2
+    assert "one of the arguments --bootstrap --output is required" in done.stderr
