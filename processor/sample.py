@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ class _Visitor:
     locale: str
 
 
-class _Generator:
+class _Generator(ABC):
     """What every shape shares: the seeded randomness, the clock, the returning visitors."""
 
     #: Default topic of each record kind.
@@ -158,9 +159,9 @@ class _Generator:
             locale=rng.choice(_LOCALES),
         )
 
+    @abstractmethod
     def records(self, count: int) -> Iterator[SampleRecord]:
         """``count`` records."""
-        raise NotImplementedError
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
@@ -313,7 +314,7 @@ class _Item:
 _Made = tuple[dict[str, Any], tuple[str, ...]]
 
 
-class _PresetShapeGenerator(_Generator):
+class _PresetShapeGenerator(_Generator, ABC):
     """One topic of records in the shape a mapping preset reads (:data:`SHAPE_TOPICS`)."""
 
     SHAPE: str = ""
@@ -322,9 +323,9 @@ class _PresetShapeGenerator(_Generator):
         super().__init_subclass__()
         cls.TOPICS = {cls.SHAPE: SHAPE_TOPICS[cls.SHAPE]}
 
+    @abstractmethod
     def _makers(self) -> tuple[tuple[Callable[[_Visitor], _Made], int], ...]:
         """The kinds of record, each with its weight in the mix."""
-        raise NotImplementedError
 
     def _key(self, visitor: _Visitor) -> str:
         return visitor.anonymous_id
