@@ -21,6 +21,9 @@ from processor.config import KafkaConfig
 #: comes through); ``kafka.settings`` may set others.
 PREFETCH_KBYTES: Final = 16_384
 FETCH_MAX_BYTES: Final = 8 * 1024 * 1024
+#: How long librdkafka postpones a partition's next fetch once that queue is full, ms
+#: (``fetch.queue.backoff.ms``, librdkafka's default 1000).
+FETCH_QUEUE_BACKOFF_MS: Final = 20
 
 
 def consumer_settings(
@@ -44,6 +47,12 @@ def consumer_settings(
         # 171 MB with 8 MB.
         "queued.max.messages.kbytes": PREFETCH_KBYTES,
         "fetch.max.bytes": FETCH_MAX_BYTES,
+        # Once the queue holds 16 MB, librdkafka fetches nothing more for a second by
+        # default, and a loop that empties it sooner waits in consume() for the rest.
+        # Measured (300,000 records, one worker, interleaved runs): consume() calls that
+        # came back short fell from 85-219 to 21-29 of some 650, and records/s rose 13 %
+        # (median of three: 33,600 to 38,100), CPU per record within the noise.
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
     }
     if kafka.group_protocol == "classic":
         settings["partition.assignment.strategy"] = "cooperative-sticky"

@@ -607,6 +607,7 @@ def test_the_consumer_prefetches_16_mb_in_8_mb_fetches_unless_kafka_settings_say
 ) -> None:
     from processor.kafka.settings import (  # noqa: PLC0415
         FETCH_MAX_BYTES,
+        FETCH_QUEUE_BACKOFF_MS,
         PREFETCH_KBYTES,
         consumer_settings,
     )
@@ -614,7 +615,13 @@ def test_the_consumer_prefetches_16_mb_in_8_mb_fetches_unless_kafka_settings_say
     defaults = consumer_settings(load_config(write_config(example_raw), environ={}).kafka)
     assert defaults["queued.max.messages.kbytes"] == PREFETCH_KBYTES == 16_384
     assert defaults["fetch.max.bytes"] == FETCH_MAX_BYTES == 8_388_608
-    settings = {"queued.max.messages.kbytes": "65536", "fetch.max.bytes": "52428800"}
+    # A full queue postpones fetching for 20 ms, not librdkafka's second.
+    assert defaults["fetch.queue.backoff.ms"] == FETCH_QUEUE_BACKOFF_MS == 20
+    settings = {
+        "queued.max.messages.kbytes": "65536",
+        "fetch.max.bytes": "52428800",
+        "fetch.queue.backoff.ms": "1000",
+    }
     example_raw["kafka"]["settings"] = settings
     chosen = consumer_settings(load_config(write_config(example_raw), environ={}).kafka)
     assert {name: chosen[name] for name in settings} == settings
