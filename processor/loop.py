@@ -44,7 +44,7 @@ from processor.kafka.api import Consumer, Record, TopicPartition
 from processor.ledger import Ledger, PartitionLedger, Source, Ticket
 from processor.liveness import StallWatch
 from processor.mapping.coerce import drop_reason
-from processor.metrics import Metrics
+from processor.metrics import HistogramTally, Metrics
 from processor.rejection import Rejections
 from processor.report import RunReport
 from processor.transform import Transformer
@@ -167,6 +167,7 @@ class Processor:
         self._consumed_now: dict[str, int] = {}
         self._filtered_now: dict[str, int] = {}
         self._mapped_now: dict[str, int] = {}
+        self._latency = HistogramTally(metrics.end_to_end_latency)
 
     # -- control ------------------------------------------------------------------
 
@@ -294,7 +295,7 @@ class Processor:
     def _collect(self) -> None:
         """Hand the ledger what the sender and the dead-letter producer finished."""
         ledger, rejections = self._ledger, self._rejections
-        latency = self._metrics.end_to_end_latency
+        latency = self._latency
         for outcome in self._sender.poll_completions():
             self._outstanding_events -= len(outcome.batch.items)
             now = self._clock()
@@ -305,6 +306,7 @@ class Processor:
                     latency.observe(max(0.0, now - ticket.timestamp))
             for item, reason in outcome.rejected:
                 rejections.reject(item.ref, Stage.API, reason, item.mapping)
+        latency.flush()
         rejections.poll()
         self._metrics.buffered_events.set(self._outstanding_events)
         halted = self._sender.halted

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,39 @@ class Metrics:
         """A sample's current value (0.0 when absent), for tests."""
         sample = self.registry.get_sample_value(f"{PREFIX}_{name}", labels or {})
         return 0.0 if sample is None else sample
+
+
+class HistogramTally:
+    """Observations of one unlabelled histogram, counted here and added to it in one go
+    (:meth:`flush`): ``Histogram.observe()`` takes a lock and walks the buckets in Python,
+    too dear once per event, while this is one bisection. What the histogram shows after
+    a flush is exactly what observing each value would have shown (tested)."""
+
+    __slots__ = ("_bounds", "_counts", "_histogram", "_sum")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        # prometheus-client's own bucket bounds, +Inf last.
+        self._bounds: list[float] = list(histogram._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def flush(self) -> None:
+        """Add what was observed since the last flush to the histogram."""
+        counts = self._counts
+        if not any(counts):
+            return
+        buckets = self._histogram._buckets  # the values observe() increments
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+                counts[i] = 0
+        self._histogram._sum.inc(self._sum)
+        self._sum = 0.0
 
 
 @dataclass(frozen=True, slots=True)

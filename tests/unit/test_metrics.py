@@ -36,6 +36,7 @@ from processor.metrics import (
     PREFIX,
     REBALANCE_KINDS,
     REQUEST_OUTCOMES,
+    HistogramTally,
     Metrics,
     MetricsServer,
     Snapshot,
@@ -205,13 +206,48 @@ def test_health_endpoints_answer_200_or_503_with_the_reason(
     assert httpx.get(f"{url}/other").status_code == 404
 
 
+def test_a_tally_flushed_shows_what_observing_each_value_shows() -> None:
+    observed, tallied = Metrics(), Metrics()
+    tally = HistogramTally(tallied.end_to_end_latency)
+    # Each bound itself, between bounds, zero, above the last finite bound.
+    values = [0.0, 0.05, 0.07, 0.1, 1.0, 2.4, 3599.0, 3600.0, 3600.5, 90_000.0] * 3
+    for v in values[:12]:
+        observed.end_to_end_latency.observe(v)
+        tally.observe(v)
+    tally.flush()
+    tally.flush()  # nothing new: adds nothing
+    for v in values[12:]:
+        observed.end_to_end_latency.observe(v)
+        tally.observe(v)
+    assert tallied.value("end_to_end_latency_seconds_count") == 12  # not yet flushed
+    tally.flush()
+
+    def samples(m: Metrics) -> list[tuple[str, dict[str, str], float]]:
+        (family,) = [
+            f for f in m.registry.collect() if f.name == f"{PREFIX}_end_to_end_latency_seconds"
+        ]
+        return [
+            (s.name, s.labels, s.value) for s in family.samples if not s.name.endswith("_created")
+        ]
+
+    got, want = samples(tallied), samples(observed)
+    assert [(name, labels) for name, labels, _ in got] == [(n, lb) for n, lb, _ in want]
+    assert [value for *_, value in got] == pytest.approx([value for *_, value in want])
+    assert tallied.value("end_to_end_latency_seconds_count") == len(values)
+    assert tallied.value("end_to_end_latency_seconds_bucket", {"le": "0.05"}) == 6
+
+
 # -- --workers N: one aggregate of several processes ----------------------------------
 
 _WORKER = """
 import os, sys
-from processor.metrics import Metrics
+from processor.metrics import HistogramTally, Metrics
 consumed, in_flight, fatal, lost = (int(a) for a in sys.argv[1:5])
 m = Metrics(multiprocess=True)
+latency = HistogramTally(m.end_to_end_latency)
+latency.observe(0.3)
+latency.observe(7.0)
+latency.flush()
 m.records_consumed.labels("web.pageviews").inc(consumed)
 m.events_sent.labels("ViewContent", "accepted").inc(consumed)
 m.in_flight_requests.set(in_flight)
@@ -250,6 +286,9 @@ def test_workers_metrics_add_up_and_gauges_combine_by_their_mode(tmp_path: Path)
 
     assert value("records_consumed_total", topic="web.pageviews") == 150
     assert value("request_duration_seconds_count") == 2
+    assert value("end_to_end_latency_seconds_count") == 4  # tallied, then flushed
+    assert value("end_to_end_latency_seconds_bucket", le="0.5") == 2
+    assert value("end_to_end_latency_seconds_sum") == pytest.approx(14.6)
     assert value("in_flight_requests") == 5  # livesum
     assert value("sink_fatal", pixel="default") == 1  # livemax: one halted worker is a halt
     assert value("oldest_unfinished_age_seconds") == 30  # livemax
