@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml requirements-test.lock
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --require-hashes -r requirements-test.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m compileall -q processor devkit  # else, under PYTHONDONTWRITEBYTECODE, every start compiles them
 	touch $@
 
 ## Runs the main job on a local default: broker, sandbox, sample clickstream, processor, metrics.

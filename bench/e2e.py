@@ -53,6 +53,7 @@ every expected event. Everything started is stopped on the way out, Ctrl-C inclu
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import inspect
 import math
@@ -377,6 +378,9 @@ class Bench:
         self.stack = stack
         self.args = args
         self.workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-e2e-")))
+        # Byte-compiled first, as the image is at build: where PYTHONDONTWRITEBYTECODE is
+        # set, every process start would otherwise compile the package again (~0.1 s CPU).
+        compileall.compile_dir(ROOT / "processor", quiet=1)
         # Neither the processor nor the sandbox may pick up this shell's overrides.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "TIKTOK_"))}
         self.env["TMPDIR"] = str(self.workdir)  # the workers' metric files stay in here
