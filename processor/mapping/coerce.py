@@ -267,7 +267,7 @@ def pii_coercers(default_phone_region: str | None) -> dict[str, Coercer]:
     """Coercers of the hashed user fields (:data:`HASHED_USER_FIELDS`)."""
     return {
         "email": _hashed(pii.hash_email),
-        "phone": _hashed(lambda v: pii.hash_phone(v, default_phone_region)),
+        "phone": _hashed(pii.phone_hasher(default_phone_region)),
         "external_id": _hashed(pii.hash_external_id),
         "first_name": _hashed(pii.hash_first_name),
         "last_name": _hashed(pii.hash_last_name),
